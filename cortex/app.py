@@ -1,0 +1,115 @@
+"""build_app(state) -> the ASGI app: function routes, health, readiness, OpenAPI, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic_core import to_json
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from cortex.discovery import Registry, discover
+from cortex.errors import CortexError
+from cortex.openapi import build_openapi
+from cortex.routes import NOT_READY_MESSAGE, FunctionRoutes
+from cortex.state import ServingState
+
+logger = logging.getLogger("cortex")
+
+OnLoaded = Callable[[Registry], None]
+OnLoadFailed = Callable[[CortexError], None]
+
+
+class CortexApp:
+    """Calls under /v4/ go straight to FunctionRoutes; everything else through Starlette."""
+
+    def __init__(self, state: ServingState, functions: FunctionRoutes, starlette: Starlette) -> None:
+        self.state = state
+        self.functions = functions
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v4/"):
+            await self.functions(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+
+def build_app(
+    state: ServingState,
+    on_loaded: OnLoaded | None = None,
+    on_load_failed: OnLoadFailed | None = None,
+) -> CortexApp:
+    """The app; its lifespan imports main.py in a thread so /health answers during a slow load."""
+    openapi: dict[str, bytes] = {}
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if state.registry is None:
+            body = {"status": "loading", "message": NOT_READY_MESSAGE}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "functions": list(state.registry.functions)})
+
+    async def openapi_json(request: Request) -> Response:
+        if "body" not in openapi:
+            return JSONResponse({"error": {"code": "not_ready", "message": NOT_READY_MESSAGE}}, status_code=503)
+        return Response(openapi["body"], media_type="application/json")
+
+    def loaded(registry: Registry) -> None:
+        openapi["body"] = to_json(build_openapi(state.base_path, state.app_name, registry))
+        state.registry = registry
+        if on_loaded is not None:
+            on_loaded(registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.ensure_future(_load(state, loaded, on_load_failed))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            state.threads.shutdown()
+
+    starlette = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/openapi.json", openapi_json),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    return CortexApp(state, FunctionRoutes(state), starlette)
+
+
+async def _load(state: ServingState, loaded: OnLoaded, on_load_failed: OnLoadFailed | None) -> None:
+    try:
+        registry = await asyncio.to_thread(discover, state.app_dir)
+    except CortexError as exc:
+        logger.error("%s", exc)
+        if on_load_failed is not None:
+            on_load_failed(exc)
+        return
+    loaded(registry)
+
+
+async def _http_error(request: Request, exc: Any) -> Response:
+    """Starlette's own 404/405 for paths outside /v4/, as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = f"No route {request.method} {request.url.path}." if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse(
+        {"error": {"code": codes.get(exc.status_code, "http_error"), "message": message}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )

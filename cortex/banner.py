@@ -1,0 +1,43 @@
+"""What `cortex serve` prints once main.py is loaded: each endpoint with a curl line (pure)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import typing
+from typing import Any
+
+from cortex.discovery import FunctionSpec, Registry
+
+_EXAMPLE_VALUES: dict[Any, Any] = {str: "hello", int: 1, float: 1.0, bool: True, list: [], dict: {}}
+
+
+def example_arguments(spec: FunctionSpec) -> dict[str, Any]:
+    """A body that passes validation for plain types: required parameters with sample values."""
+    return {p.name: _example_value(p.annotation) for p in spec.parameters if p.required}
+
+
+def _example_value(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation) or annotation
+    return _EXAMPLE_VALUES.get(origin)
+
+
+def curl_command(base_url: str, spec: FunctionSpec) -> str:
+    body = json.dumps(example_arguments(spec))
+    parts = ["curl", "-X", "POST", f"{base_url}/{spec.name}", "-H", "content-type: application/json"]
+    if spec.kind.is_streaming:
+        parts += ["-H", "accept: text/event-stream", "-N"]
+    parts += ["-d", body]
+    return shlex.join(parts)
+
+
+def describe_endpoints(base_url: str, registry: Registry) -> list[str]:
+    seconds = registry.import_seconds
+    count = len(registry.functions)
+    lines = [f"main.py imported in {seconds:.2f} s; {count} endpoint{'s' if count != 1 else ''}:"]
+    for spec in registry.functions.values():
+        lines.append(f"  {spec.name}() [{spec.kind.value}]")
+        lines.append(f"    {curl_command(base_url, spec)}")
+    if not registry.functions:
+        lines.append("  (none: define a public function in main.py, e.g. def predict(prompt: str): ...)")
+    return lines

@@ -1,0 +1,65 @@
+"""The `cortex` command: parse flags, call one function, turn a CortexError into a message."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from cortex import __version__
+from cortex.errors import CortexError
+
+EXIT_ERROR = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cortex")
+def cli() -> None:
+    """Cortex serves Cerebrium Cortex apps (main.py + cerebrium.toml) on your own machine.
+
+    Every public function in main.py becomes POST /v4/{project_id}/{app_name}/{function}.
+    """
+
+
+@cli.command()
+@click.argument("app_dir", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Loopback by default; 0.0.0.0 serves every interface.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on; 0 lets the system choose a free one.")
+@click.option("--project-id", envvar="CORTEX_PROJECT_ID", default=None,
+              help="Project id in the URL path (env CORTEX_PROJECT_ID).  [default: p-local]")
+@click.option("--reload", is_flag=True,
+              help="Restart when files in APP_DIR change (development only).")
+@click.option("--debug", is_flag=True,
+              help="Debug logging, and full tracebacks for startup errors.")
+@click.option("--access-log", is_flag=True,
+              help="Log every request (off by default: it costs ~10% throughput).")
+def serve(app_dir: Path, host: str, port: int, project_id: str | None,
+          reload: bool, debug: bool, access_log: bool) -> None:
+    """Serve the app in APP_DIR (default: the current directory).
+
+    APP_DIR holds main.py and cerebrium.toml. Each public function of main.py (defined there,
+    name not starting with _) becomes an endpoint; the server prints a curl line for each.
+    """
+    from cortex.server import ServeOptions, serve as run_server
+
+    options = ServeOptions(app_dir, host, port, project_id, reload, debug, access_log)
+    sys.exit(_run(lambda: run_server(options), debug))
+
+
+def _run(action: Callable[[], int], debug: bool) -> int:
+    try:
+        return action()
+    except CortexError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc.message}", err=True)
+        return EXIT_ERROR
+
+
+def main() -> None:
+    cli()

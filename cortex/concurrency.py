@@ -1,0 +1,170 @@
+"""Running sync code off the event loop, and capping how much runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+from cortex.errors import OverloadedError
+
+T = TypeVar("T")
+
+_Job = tuple[asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+
+
+class ThreadRunner:
+    """A thread pool with a cheap hand-off to and from the event loop.
+
+    anyio's `to_thread` (what Starlette uses) costs ~75 µs per call; most of it is bookkeeping
+    we do not need. Here a call is one queue put, and the result comes back with one
+    `call_soon_threadsafe`. Threads start on demand up to `max_threads` and then stay.
+    """
+
+    def __init__(self, max_threads: int, name: str = "cortex-worker") -> None:
+        self._max_threads = max(1, max_threads)
+        self._name = name
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # idle threads not yet claimed by a job, minus jobs still waiting
+
+    def run(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run `func(*args)` in a worker thread; the returned future resolves on the loop."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((future, contextvars.copy_context(), func, args))
+        with self._lock:
+            if self._idle > 0 or len(self._threads) >= self._max_threads:
+                # Claim an idle thread (so two quick jobs never wait on one), or, at the cap,
+                # owe one: a negative count is the backlog the next free threads pick up.
+                self._idle -= 1
+                return future
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
+        return future
+
+    def shutdown(self) -> None:
+        """Let idle threads exit; busy ones finish their job first (they are daemons)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._run_job(*job)
+            del job  # do not keep the last job's arguments alive while idle
+            with self._lock:
+                self._idle += 1
+
+
+    @staticmethod
+    def _run_job(
+        future: asyncio.Future[Any], context: contextvars.Context, func: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        loop = future.get_loop()
+        try:
+            result = context.run(func, *args)
+        except BaseException as exc:
+            _call_soon_threadsafe(loop, _set_exception, future, exc)
+        else:
+            _call_soon_threadsafe(loop, _set_result, future, result)
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(*args)
+    except RuntimeError:  # the loop closed while a call outlived its request: drop the result
+        pass
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # cancelled by a deadline or a gone client
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class AdmissionGate:
+    """At most `limit` calls in flight; up to `max_waiting` more wait in line, FIFO; then 429.
+
+    Cerebrium's `replica_concurrency` is the limit. Waiters are plain futures: a slot freed by
+    `leave()` is handed straight to the next waiter, so nobody can jump the queue.
+    """
+
+    def __init__(self, limit: int, max_waiting: int) -> None:
+        self.limit = max(1, limit)
+        self.max_waiting = max(0, max_waiting)
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def enter(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.max_waiting:
+            raise OverloadedError(
+                f"Too many requests: {self.active} running and {len(self._waiters)} waiting "
+                f"(replica_concurrency={self.limit}, CORTEX_MAX_QUEUE={self.max_waiting}). "
+                "Retry after a moment."
+            )
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # we were handed a slot as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter; `active` is unchanged
+                return
+        self.active -= 1
+
+
+class DeadlineExceeded(Exception):
+    """The awaited call outlived its time limit (a user's own TimeoutError is not this)."""
+
+
+if sys.version_info >= (3, 11):
+
+    async def run_with_deadline(awaitable: Awaitable[T], seconds: float) -> T:
+        """Await with a time limit, cancelling what is awaited when it runs out."""
+        timer = asyncio.timeout(seconds)
+        try:
+            async with timer:
+                return await awaitable
+        except TimeoutError:
+            if timer.expired():
+                raise DeadlineExceeded from None
+            raise
+
+else:  # pragma: no cover - Python 3.10 has no asyncio.timeout
+
+    async def run_with_deadline(awaitable: Awaitable[T], seconds: float) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError:  # distinct from the builtin TimeoutError before 3.11
+            raise DeadlineExceeded from None

@@ -1,0 +1,89 @@
+"""Every error Cortex raises on purpose; HTTP statuses and CLI exit codes are mapped elsewhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CortexError(Exception):
+    """Base class: `message` is meant for the user and says what to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CortexError):
+    """cerebrium.toml (or a CORTEX_* variable) is missing, unreadable or invalid."""
+
+
+class AppImportError(CortexError):
+    """The app's main.py could not be imported."""
+
+
+class ServeError(CortexError):
+    """The server cannot start (e.g. the port is taken)."""
+
+
+class DiscoveryError(CortexError):
+    """main.py imported, but its functions cannot be served as they are written."""
+
+
+class RequestError(CortexError):
+    """A call was rejected before the user function ran: answered with `status`."""
+
+    status = 400
+    code = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class InvalidJSONError(RequestError):
+    status = 400
+    code = "invalid_json"
+
+
+class ValidationFailedError(RequestError):
+    status = 422
+    code = "validation_error"
+
+
+class NotFoundError(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class OverloadedError(RequestError):
+    """The in-flight limit and the waiting queue are both full."""
+
+    status = 429
+    code = "overloaded"
+    retry_after = 1
+
+
+class NotReadyError(RequestError):
+    """main.py is still being imported."""
+
+    status = 503
+    code = "not_ready"
+    retry_after = 5
+
+
+class ResultNotSerializableError(CortexError):
+    """A function returned something that cannot be written as JSON."""

@@ -1,0 +1,70 @@
+"""Wire bodies (pure) and the few raw ASGI sends the hot path needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_json
+from starlette.types import Send
+
+from cortex.errors import RequestError, ResultNotSerializableError
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+]
+
+
+def encode_result(run_id: str, run_time_ms: float, result: Any, function: str) -> tuple[int, bytes]:
+    """The 200 envelope; a dict result with an int `status_code` sets the HTTP status."""
+    envelope = {"run_id": run_id, "run_time_ms": round(run_time_ms, 3), "result": result}
+    try:
+        body = to_json(envelope)
+    except PydanticSerializationError as exc:
+        raise ResultNotSerializableError(
+            f"{function}() returned a value that cannot be written as JSON ({exc}). Return "
+            "JSON types, pydantic models or dataclasses."
+        ) from None
+    return result_status(result), body
+
+
+def result_status(result: Any) -> int:
+    if isinstance(result, dict):
+        status = result.get("status_code")
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+            return status
+    return 200
+
+
+def encode_failure(run_id: str, run_time_ms: float, error_type: str, message: str) -> bytes:
+    """The envelope of a call that ran and failed (500) or ran out of time (504)."""
+    error = {"type": error_type, "message": message}
+    return to_json({"run_id": run_id, "run_time_ms": round(run_time_ms, 3), "error": error})
+
+
+def encode_request_error(exc: RequestError) -> bytes:
+    """A call rejected before it ran: `{"error": {"code", "message", "details"?}}`."""
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.details:
+        error["details"] = exc.details
+    return to_json({"error": error})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return to_json({"error": {"code": code, "message": message}})
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, run_id: str | None, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
+    if run_id is not None:
+        headers.append((b"x-request-id", run_id.encode()))
+    headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

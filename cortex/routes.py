@@ -1,0 +1,215 @@
+"""`/v4/{project}/{app}/{function}`: a lean ASGI handler, because this path is the product.
+
+Starlette's Request/Response objects cost more than the rest of a call; here a call reads the
+body, validates it once with the validator built at discovery, and writes one response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from cortex.concurrency import DeadlineExceeded, run_with_deadline
+from cortex.discovery import FunctionKind, FunctionSpec
+from cortex.errors import (
+    MethodNotAllowedError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    RequestError,
+    ResultNotSerializableError,
+)
+from cortex.invocation import invoke, open_stream, parse_arguments
+from cortex.responses import (
+    SSE_HEADERS,
+    encode_failure,
+    encode_request_error,
+    encode_result,
+    send_json,
+)
+from cortex.state import ServingState
+from cortex.streaming import stream_async_generator, stream_sync_generator
+
+logger = logging.getLogger("cortex.calls")
+
+NOT_READY_MESSAGE = "The app is still loading (main.py is being imported). Retry shortly."
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while we were reading its request."""
+
+
+class FunctionRoutes:
+    """ASGI app for every path under /v4/."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run_id = str(uuid.uuid4())
+        try:
+            spec = self._resolve(scope)
+            body, wants_sse = await _read_request(scope, receive, self.state.settings.max_body_bytes)
+            kwargs = parse_arguments(spec, body)
+            if wants_sse and spec.kind.is_streaming:
+                await self._stream(spec, kwargs, run_id, receive, send)
+            else:
+                await self._call(spec, kwargs, run_id, send)
+        except RequestError as exc:
+            extra = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
+            if isinstance(exc, MethodNotAllowedError):
+                extra.append((b"allow", b"POST"))
+            await send_json(send, exc.status, encode_request_error(exc), run_id, extra)
+        except ClientDisconnectedError:
+            return
+
+    def _resolve(self, scope: Scope) -> FunctionSpec:
+        parts = scope["path"].split("/")  # ['', 'v4', project, app, function]
+        state = self.state
+        if len(parts) < 4 or parts[2] != state.project_id:
+            project = parts[2] if len(parts) > 2 else ""
+            raise NotFoundError(
+                f"Unknown project '{project}': this server serves project '{state.project_id}' "
+                f"at {state.base_path}/<function>."
+            )
+        if parts[3] != state.app_name:
+            raise NotFoundError(
+                f"Unknown app '{parts[3]}': this server serves app '{state.app_name}' "
+                f"at {state.base_path}/<function>."
+            )
+        registry = state.registry
+        if registry is None:
+            raise NotReadyError(NOT_READY_MESSAGE)
+        name = parts[4] if len(parts) == 5 else "/".join(parts[4:]).rstrip("/")
+        spec = registry.functions.get(name)
+        if spec is None:
+            public = ", ".join(registry.functions) or "none"
+            raise NotFoundError(f"No function '{name}' in main.py. Public functions: {public}.")
+        if scope["method"] != "POST":
+            raise MethodNotAllowedError(f"Use POST to call {name}(); got {scope['method']}.")
+        return spec
+
+    async def _call(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, send: Send) -> None:
+        state = self.state
+        started = time.perf_counter()
+        try:
+            result = await run_with_deadline(self._admit_and_invoke(spec, kwargs, run_id), state.grace_seconds)
+            status, body = encode_result(run_id, _ms_since(started), result, spec.name)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except DeadlineExceeded:
+            message = (
+                f"{spec.name}() did not finish within response_grace_period "
+                f"({state.grace_seconds:g} s); run {run_id} was abandoned."
+            )
+            status, body = 504, encode_failure(run_id, _ms_since(started), "Timeout", message)
+        except ResultNotSerializableError as exc:
+            logger.error("run %s: %s", run_id, exc)
+            status, body = 500, encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc))
+        except Exception as exc:
+            logger.exception("%s() raised in run %s", spec.name, run_id)
+            status, body = 500, encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc))
+        await send_json(send, status, body, run_id)
+
+    async def _admit_and_invoke(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str) -> Any:
+        gate = self.state.gate
+        await gate.enter()
+        try:
+            return await invoke(spec, kwargs, run_id, self.state.threads)
+        finally:
+            gate.leave()
+
+    async def _stream(
+        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, receive: Receive, send: Send
+    ) -> None:
+        gate = self.state.gate
+        await gate.enter()
+        try:
+            headers = [*SSE_HEADERS, (b"x-request-id", run_id.encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._pump_until_done_or_gone(spec, open_stream(spec, kwargs, run_id), run_id, receive, send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gate.leave()
+
+    async def _pump_until_done_or_gone(
+        self,
+        spec: FunctionSpec,
+        source: Iterator[Any] | AsyncIterator[Any],
+        run_id: str,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        if spec.kind is FunctionKind.GENERATOR:
+            assert isinstance(source, Iterator)
+            pump = stream_sync_generator(source, write, run_id, self.state.threads)
+        else:
+            assert isinstance(source, AsyncIterator)
+            pump = stream_async_generator(source, write, run_id)
+        pumping = asyncio.ensure_future(pump)
+        watching = asyncio.ensure_future(_wait_for_disconnect(receive))
+        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+        if pumping.done():
+            watching.cancel()
+            await pumping
+            return
+        logger.info("Client left run %s; closing %s()", run_id, spec.name)
+        pumping.cancel()  # the generator is closed in the pump's `finally`
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_request(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The whole body (413 past `limit`, sized or chunked) and whether SSE was asked for."""
+    wants_sse = False
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+        if name == b"accept" and b"text/event-stream" in value:
+            wants_sse = True
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body, wants_sse
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks), wants_sse
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request body is larger than {limit} bytes (CORTEX_MAX_BODY_BYTES). "
+        "Send less, or raise the limit."
+    )
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,146 @@
+"""Run the app under uvicorn: load the config, print the endpoints, drain on shutdown."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+
+from cortex import __version__
+from cortex.app import CortexApp, build_app
+from cortex.banner import describe_endpoints
+from cortex.config import LoadedConfig, Settings, load_config, load_settings
+from cortex.discovery import Registry
+from cortex.errors import CortexError, ServeError
+from cortex.state import ServingState
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# `--reload` runs the app in a child process that uvicorn restarts; these carry the options.
+_RELOAD_APP_DIR = "CORTEX_APP_DIR"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    app_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    project_id: str | None = None  # None: CORTEX_PROJECT_ID, else p-local
+    reload: bool = False
+    debug: bool = False
+    access_log: bool = False
+
+
+def serve(options: ServeOptions) -> int:
+    """Serve until stopped; the exit code is non-zero when main.py failed to load."""
+    loaded = load_config(options.app_dir)  # fail fast, before a port is bound
+    settings = load_settings(project_id=options.project_id, debug=options.debug or None)
+    log_config = _log_config(options.debug)
+    if options.reload:
+        os.environ[_RELOAD_APP_DIR] = str(options.app_dir.resolve())
+        if options.project_id:
+            os.environ["CORTEX_PROJECT_ID"] = options.project_id
+        uvicorn.run(
+            "cortex.server:reloadable_app",
+            factory=True,
+            reload=True,
+            reload_dirs=[str(options.app_dir.resolve())],
+            host=options.host,
+            port=options.port,
+            access_log=options.access_log,
+            log_config=log_config,
+        )
+        return 0
+
+    sock = bind_socket(options.host, options.port)
+    options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
+    failure: list[CortexError] = []
+    _print_start(options, loaded, settings)
+    state = ServingState(options.app_dir, loaded.config, settings)
+    server: uvicorn.Server
+
+    def on_load_failed(exc: CortexError) -> None:
+        failure.append(exc)
+        server.should_exit = True
+
+    app = build_app(state, _announce(options, state), on_load_failed)
+    server = uvicorn.Server(_uvicorn_config(app, options, state, log_config))
+    server.run(sockets=[sock])
+    return 1 if failure else 0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving, so `--port 0` can print the port the kernel chose."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"Cannot listen on {host}:{port}: {exc.strerror}. Pick another port with --port "
+            "(0 lets the system choose one)."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def reloadable_app() -> CortexApp:
+    """uvicorn's factory in a `--reload` child: same options, read back from the environment."""
+    app_dir = Path(os.environ[_RELOAD_APP_DIR])
+    state = ServingState(app_dir, load_config(app_dir).config, load_settings())
+    options = ServeOptions(app_dir=app_dir)
+    return build_app(state, _announce(options, state))
+
+
+def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState, log_config: dict[str, Any]) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        access_log=options.access_log,
+        log_config=log_config,
+        lifespan="on",
+        # SIGTERM: stop accepting, let in-flight calls finish for up to the grace period.
+        timeout_graceful_shutdown=int(state.grace_seconds),
+    )
+
+
+def _print_start(options: ServeOptions, loaded: LoadedConfig, settings: Settings) -> None:
+    for warning in loaded.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    name = loaded.config.deployment.name
+    console.print(
+        f"[bold]Cortex {__version__}[/] serving app [bold]{name}[/] of project "
+        f"[bold]{settings.project_id}[/] from {options.app_dir} on http://{options.host}:{options.port}"
+    )
+
+
+def _announce(options: ServeOptions, state: ServingState) -> Any:
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    base_url = f"http://{host}:{options.port}{state.base_path}"
+
+    def on_loaded(registry: Registry) -> None:
+        for line in describe_endpoints(base_url, registry):
+            console.print(line, markup=False)
+        console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
+
+    return on_loaded
+
+
+def _log_config(debug: bool) -> dict[str, Any]:
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    level = "DEBUG" if debug else "INFO"
+    config["loggers"]["cortex"] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
+
+
+logging.getLogger("cortex").addHandler(logging.NullHandler())

@@ -1,0 +1,45 @@
+"""What one running server knows: its app, its limits, and whether main.py is loaded yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex.concurrency import AdmissionGate, ThreadRunner
+from cortex.config import CerebriumConfig, Settings
+from cortex.discovery import Registry
+
+# Threads beyond replica_concurrency: a call past its deadline keeps its thread until the user
+# code returns (Python cannot kill a thread), and new calls should not queue behind it.
+SPARE_THREADS = 8
+
+
+@dataclass
+class ServingState:
+    app_dir: Path
+    config: CerebriumConfig
+    settings: Settings
+    registry: Registry | None = None  # None until main.py is imported (see /ready)
+    gate: AdmissionGate = field(init=False)
+    threads: ThreadRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        concurrency = self.config.scaling.replica_concurrency
+        self.gate = AdmissionGate(concurrency, self.settings.max_queue)
+        self.threads = ThreadRunner(concurrency + SPARE_THREADS)
+
+    @property
+    def project_id(self) -> str:
+        return self.settings.project_id
+
+    @property
+    def app_name(self) -> str:
+        return self.config.deployment.name
+
+    @property
+    def grace_seconds(self) -> float:
+        return float(self.config.scaling.response_grace_period)
+
+    @property
+    def base_path(self) -> str:
+        return f"/v4/{self.project_id}/{self.app_name}"
