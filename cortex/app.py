@@ -62,7 +62,9 @@ def build_app(
 
     async def openapi_json(request: Request) -> Response:
         if "body" not in openapi:
-            return JSONResponse({"error": {"code": "not_ready", "message": NOT_READY_MESSAGE}}, status_code=503)
+            return JSONResponse(
+                {"error": {"code": "not_ready", "message": NOT_READY_MESSAGE}}, status_code=503
+            )
         return Response(openapi["body"], media_type="application/json")
 
     def loaded(registry: Registry) -> None:
@@ -96,8 +98,9 @@ async def _load(state: ServingState, loaded: OnLoaded, on_load_failed: OnLoadFai
     try:
         registry = await asyncio.to_thread(discover, state.app_dir)
     except CortexError as exc:
-        logger.error("%s", exc)
-        if on_load_failed is not None:
+        if on_load_failed is None:
+            logger.error("%s", exc)
+        else:
             on_load_failed(exc)
         return
     loaded(registry)

@@ -7,6 +7,8 @@ import shlex
 import typing
 from typing import Any
 
+from pydantic import BaseModel
+
 from cortex.discovery import FunctionSpec, Registry
 
 _EXAMPLE_VALUES: dict[Any, Any] = {str: "hello", int: 1, float: 1.0, bool: True, list: [], dict: {}}
@@ -19,12 +21,22 @@ def example_arguments(spec: FunctionSpec) -> dict[str, Any]:
 
 def _example_value(annotation: Any) -> Any:
     origin = typing.get_origin(annotation) or annotation
+    if isinstance(origin, type) and issubclass(origin, BaseModel):
+        fields = origin.model_fields.items()
+        return {name: _example_value(field.annotation) for name, field in fields if field.is_required()}
     return _EXAMPLE_VALUES.get(origin)
 
 
 def curl_command(base_url: str, spec: FunctionSpec) -> str:
     body = json.dumps(example_arguments(spec))
-    parts = ["curl", "-X", "POST", f"{base_url}/{spec.name}", "-H", "content-type: application/json"]
+    parts = [
+        "curl",
+        "-X",
+        "POST",
+        f"{base_url}/{spec.name}",
+        "-H",
+        "content-type: application/json",
+    ]
     if spec.kind.is_streaming:
         parts += ["-H", "accept: text/event-stream", "-N"]
     parts += ["-d", body]

@@ -26,26 +26,48 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("app_dir", default=".", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Loopback by default; 0.0.0.0 serves every interface.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port to listen on; 0 lets the system choose a free one.")
-@click.option("--project-id", envvar="CORTEX_PROJECT_ID", default=None,
-              help="Project id in the URL path (env CORTEX_PROJECT_ID).  [default: p-local]")
-@click.option("--reload", is_flag=True,
-              help="Restart when files in APP_DIR change (development only).")
-@click.option("--debug", is_flag=True,
-              help="Debug logging, and full tracebacks for startup errors.")
-@click.option("--access-log", is_flag=True,
-              help="Log every request (off by default: it costs ~10% throughput).")
-def serve(app_dir: Path, host: str, port: int, project_id: str | None,
-          reload: bool, debug: bool, access_log: bool) -> None:
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Loopback by default; 0.0.0.0 serves every interface.",
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on; 0 lets the system choose a free one.",
+)
+@click.option(
+    "--project-id",
+    envvar="CORTEX_PROJECT_ID",
+    default=None,
+    help="Project id in the URL path (env CORTEX_PROJECT_ID).  [default: p-local]",
+)
+@click.option("--reload", is_flag=True, help="Restart when files in APP_DIR change (development only).")
+@click.option("--debug", is_flag=True, help="Debug logging, and full tracebacks for startup errors.")
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="Log every request (off by default: it costs ~10% throughput).",
+)
+def serve(
+    app_dir: Path,
+    host: str,
+    port: int,
+    project_id: str | None,
+    reload: bool,
+    debug: bool,
+    access_log: bool,
+) -> None:
     """Serve the app in APP_DIR (default: the current directory).
 
     APP_DIR holds main.py and cerebrium.toml. Each public function of main.py (defined there,
     name not starting with _) becomes an endpoint; the server prints a curl line for each.
     """
-    from cortex.server import ServeOptions, serve as run_server
+    from cortex.server import ServeOptions
+    from cortex.server import serve as run_server
 
     options = ServeOptions(app_dir, host, port, project_id, reload, debug, access_log)
     sys.exit(_run(lambda: run_server(options), debug))

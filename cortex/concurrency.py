@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import threading
@@ -66,25 +67,26 @@ class ThreadRunner:
             with self._lock:
                 self._idle += 1
 
-
     @staticmethod
     def _run_job(
-        future: asyncio.Future[Any], context: contextvars.Context, func: Callable[..., Any], args: tuple[Any, ...]
+        future: asyncio.Future[Any],
+        context: contextvars.Context,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
     ) -> None:
         loop = future.get_loop()
         try:
             result = context.run(func, *args)
         except BaseException as exc:
-            _call_soon_threadsafe(loop, _set_exception, future, exc)
+            call_soon_if_open(loop, _set_exception, future, exc)
         else:
-            _call_soon_threadsafe(loop, _set_result, future, result)
+            call_soon_if_open(loop, _set_result, future, result)
 
 
-def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
-    try:
+def call_soon_if_open(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+    """call_soon_threadsafe from a worker thread, for work that may outlive the loop."""
+    with contextlib.suppress(RuntimeError):  # the loop closed (shutdown): nobody is waiting
         loop.call_soon_threadsafe(*args)
-    except RuntimeError:  # the loop closed while a call outlived its request: drop the result
-        pass
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

@@ -1,4 +1,4 @@
-"""cerebrium.toml -> frozen pydantic models; Settings from CORTEX_* variables (read nowhere else)."""
+"""cerebrium.toml -> frozen pydantic models, and Settings: the only reader of CORTEX_* variables."""
 
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ CONFIG_FILE = "cerebrium.toml"
 # App names and project ids are path segments of /v4/{project_id}/{app_name}/{function}.
 _URL_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VERSION_OPERATORS = ("=", "<", ">", "!", "~")
-_TOML_POSITION = re.compile(r"(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)")
-_LEGACY_BUILD = (
-    "[cerebrium.build] is the legacy v3 layout; ignored. "
-    "Move the keys you still need under [cerebrium.deployment]."
+_TOML_POSITION = re.compile(
+    r"(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)"
 )
+_MOVE_LEGACY_KEYS = "Move the keys you still need under [cerebrium.deployment]."
 # Cerebrium platform features that have no local equivalent (found in the Cerebrium CLI's schema).
 _UNSUPPORTED = {
     ("cerebrium", "experimental"),
@@ -53,13 +52,13 @@ ScalingMetric = Literal[
 
 
 def _is_accelerator(compute: object) -> bool:
-    """True when `compute` names anything but CPU; a malformed value counts as CPU (and is reported)."""
-    names = [compute] if isinstance(compute, str) else compute if isinstance(compute, list | tuple) else []
-    return any(isinstance(name, str) and name.upper() != "CPU" for name in names)
+    """True unless `compute` is CPU; a malformed value counts as CPU (its error is reported)."""
+    names = (compute,) if isinstance(compute, str) else compute
+    return isinstance(names, list | tuple) and any(str(n).upper() != "CPU" for n in names)
 
 
 class _Section(BaseModel):
-    # Unknown keys are stripped (with a warning) before validation, so "forbid" only guards our code.
+    # Unknown keys are stripped (with a warning) before validation: "forbid" only guards our code.
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -75,7 +74,7 @@ class DeploymentConfig(_Section):
     pre_build_commands: tuple[str, ...] = ()
     docker_base_image_url: str = "debian:bookworm-slim"
     use_uv: bool = False
-    deployment_initialization_timeout: int = Field(600, ge=1)
+    deployment_initialization_timeout: int = Field(default=600, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -91,10 +90,10 @@ class DeploymentConfig(_Section):
 class HardwareConfig(_Section):
     """[cerebrium.hardware]; gpu_count defaults to 1 when compute is a GPU, else 0."""
 
-    cpu: float = Field(2.0, gt=0)
-    memory: float = Field(4.0, gt=0)
+    cpu: float = Field(default=2.0, gt=0)
+    memory: float = Field(default=4.0, gt=0)
     compute: str | tuple[str, ...] = "CPU"
-    gpu_count: int = Field(0, ge=0)
+    gpu_count: int = Field(default=0, ge=0)
     provider: str = "aws"
     region: str = "us-east-1"
 
@@ -122,24 +121,25 @@ class HardwareConfig(_Section):
 
     @property
     def is_gpu(self) -> bool:
+        """compute names an accelerator (a GPU, or Trainium/Inferentia), not CPU."""
         return _is_accelerator(self.compute)
 
 
 class ScalingConfig(_Section):
     """[cerebrium.scaling]; replica_concurrency defaults to 100 on CPU, 1 on a GPU."""
 
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    replica_concurrency: int = Field(100, ge=1)
-    response_grace_period: int = Field(900, ge=1)
-    cooldown: int = Field(10, ge=0)
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    replica_concurrency: int = Field(default=100, ge=1)
+    response_grace_period: int = Field(default=900, ge=1)
+    cooldown: int = Field(default=10, ge=0)
     scaling_metric: ScalingMetric = "concurrency_utilization"
-    scaling_target: int = Field(100, ge=1)
-    scaling_buffer: int | None = Field(None, ge=0)
-    evaluation_interval_seconds: int = Field(30, ge=1)
+    scaling_target: int = Field(default=100, ge=1)
+    scaling_buffer: int | None = Field(default=None, ge=0)
+    evaluation_interval_seconds: int = Field(default=30, ge=1)
     load_balancing_algorithm: str = "round-robin"
     compute_tier: str = "interruptible"
-    roll_out_duration_seconds: int = Field(0, ge=0)
+    roll_out_duration_seconds: int = Field(default=0, ge=0)
 
     @field_validator("max_replicas")
     @classmethod
@@ -170,12 +170,12 @@ class DependenciesConfig(_Section):
 class CustomRuntimeConfig(_Section):
     """[cerebrium.runtime.custom]: the user's own web server instead of cortex's routes."""
 
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     healthcheck_endpoint: str = ""
     readycheck_endpoint: str = ""
     dockerfile_path: str = ""
     # Declared last so its check can see dockerfile_path; validated even when absent.
-    entrypoint: tuple[str, ...] | None = Field(None, validate_default=True)
+    entrypoint: tuple[str, ...] | None = Field(default=None, validate_default=True)
 
     @field_validator("entrypoint", mode="before")
     @classmethod
@@ -230,10 +230,6 @@ class CerebriumConfig(_Section):
         return {**data, "scaling": {**scaling, "replica_concurrency": concurrency}}
 
     @property
-    def name(self) -> str:
-        return self.deployment.name
-
-    @property
     def is_gpu(self) -> bool:
         return self.hardware.is_gpu
 
@@ -261,9 +257,7 @@ def load_config(app_dir: Path) -> LoadedConfig:
     return LoadedConfig(config=config, path=path, warnings=warnings)
 
 
-def parse_config(
-    text: str, source: str = CONFIG_FILE
-) -> tuple[CerebriumConfig, tuple[str, ...]]:
+def parse_config(text: str, source: str = CONFIG_FILE) -> tuple[CerebriumConfig, tuple[str, ...]]:
     """Parse and validate cerebrium.toml text; unknown keys become warnings, not errors."""
     try:
         document = tomllib.loads(text)
@@ -297,15 +291,12 @@ def _requirement(name: str, spec: str) -> str:
 
 
 def _known_tables(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
-    """Each field of `model`, with the model of its table when it is one."""
-    return {name: _table_model(field.annotation) for name, field in model.model_fields.items()}
-
-
-def _table_model(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+    """Each field of `model`, mapped to the model of its table when it is one."""
+    known: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        types = (field.annotation, *get_args(field.annotation))
+        known[name] = next((t for t in types if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return known
 
 
 def _strip_unknown(
@@ -331,7 +322,7 @@ def _ignored(where: tuple[str, ...], value: object, known: Mapping[str, object])
     is_table = isinstance(value, dict)
     place = _place(where, is_table)
     if where == ("cerebrium", "build"):
-        return _LEGACY_BUILD
+        return f"{place} is the legacy v3 layout; ignored. {_MOVE_LEGACY_KEYS}"
     if where in _UNSUPPORTED:
         return f"{place} is a Cerebrium platform feature cortex does not run; ignored."
     close = difflib.get_close_matches(where[-1], list(known), n=1)

@@ -20,6 +20,8 @@ from typing_extensions import NotRequired, Required, TypedDict
 
 from cortex.errors import AppImportError, DiscoveryError
 
+_make_typed_dict: Any = TypedDict  # called with a runtime name, which type checkers cannot follow
+
 MODULE_FILE = "main.py"
 RUN_ID_PARAMETER = "run_id"  # injected by Cortex when a function declares it, as Cerebrium does
 
@@ -199,13 +201,16 @@ def _arguments_adapter(
 ) -> TypeAdapter[dict[str, Any]]:
     # A TypedDict rather than a model: validation yields a plain dict holding only what the
     # caller sent, so the function's own defaults apply, and any parameter name is allowed.
-    fields = {p.name: (Required[p.annotation] if p.required else NotRequired[p.annotation]) for p in parameters}
-    typed_dict: Any = TypedDict(f"{name}_arguments", fields)  # type: ignore[operator]  # functional form
+    fields = {
+        p.name: (Required[p.annotation] if p.required else NotRequired[p.annotation]) for p in parameters
+    }
+    typed_dict = _make_typed_dict(f"{name}_arguments", fields)
     typed_dict.__pydantic_config__ = ConfigDict(
         extra="allow" if takes_extra else "forbid", arbitrary_types_allowed=True
     )
     try:
-        return TypeAdapter(typed_dict)
+        adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(typed_dict)
+        return adapter
     except Exception as exc:
         raise DiscoveryError(
             f"{name}(): its type hints cannot be validated from JSON: {exc}. "

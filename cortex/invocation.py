@@ -59,7 +59,12 @@ def _describe_problem(spec: FunctionSpec, err: Any) -> dict[str, Any]:
     got = _describe_value(err["input"])
     if len(err["loc"]) == 1 and param is not None:
         message = f"parameter '{name}' expects {param.type_name}, got {got}"
-        return {"parameter": name, "message": message, "expected": param.type_name, "detail": err["msg"]}
+        return {
+            "parameter": name,
+            "message": message,
+            "expected": param.type_name,
+            "detail": err["msg"],
+        }
     message = f"parameter '{path}': {err['msg']} (got {got})"
     return {"parameter": path, "message": message, "detail": err["msg"]}
 

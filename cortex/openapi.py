@@ -63,7 +63,11 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": app_name, "version": __version__, "description": f"Served by Cortex {__version__}"},
+        "info": {
+            "title": app_name,
+            "version": __version__,
+            "description": f"Served by Cortex {__version__}",
+        },
         "paths": paths,
         "components": {"schemas": schemas},
     }
@@ -74,7 +78,11 @@ def _operation(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
     envelope = {
         "type": "object",
         "required": ["run_id", "run_time_ms", "result"],
-        "properties": {"run_id": {"type": "string"}, "run_time_ms": {"type": "number"}, "result": result},
+        "properties": {
+            "run_id": {"type": "string"},
+            "run_time_ms": {"type": "number"},
+            "result": result,
+        },
     }
     ok: dict[str, Any] = {"application/json": {"schema": envelope}}
     if spec.kind.is_streaming:
@@ -88,7 +96,10 @@ def _operation(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
         "operationId": spec.name,
         "summary": spec.doc.splitlines()[0] if spec.doc else f"Call {spec.name}()",
         "description": _describe(spec),
-        "requestBody": {"required": False, "content": {"application/json": {"schema": _request_schema(spec, schemas)}}},
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": _request_schema(spec, schemas)}},
+        },
         "responses": responses,
     }
 

@@ -60,7 +60,11 @@ def encode_error(code: str, message: str) -> bytes:
 
 
 async def send_json(
-    send: Send, status: int, body: bytes, run_id: str | None, extra: Iterable[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    body: bytes,
+    run_id: str | None,
+    extra: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     headers = [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
     if run_id is not None:

@@ -100,7 +100,9 @@ class FunctionRoutes:
         state = self.state
         started = time.perf_counter()
         try:
-            result = await run_with_deadline(self._admit_and_invoke(spec, kwargs, run_id), state.grace_seconds)
+            result = await run_with_deadline(
+                self._admit_and_invoke(spec, kwargs, run_id), state.grace_seconds
+            )
             status, body = encode_result(run_id, _ms_since(started), result, spec.name)
         except (RequestError, asyncio.CancelledError):
             raise
@@ -112,10 +114,16 @@ class FunctionRoutes:
             status, body = 504, encode_failure(run_id, _ms_since(started), "Timeout", message)
         except ResultNotSerializableError as exc:
             logger.error("run %s: %s", run_id, exc)
-            status, body = 500, encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc))
+            status, body = (
+                500,
+                encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc)),
+            )
         except Exception as exc:
             logger.exception("%s() raised in run %s", spec.name, run_id)
-            status, body = 500, encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc))
+            status, body = (
+                500,
+                encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc)),
+            )
         await send_json(send, status, body, run_id)
 
     async def _admit_and_invoke(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str) -> Any:
@@ -134,7 +142,9 @@ class FunctionRoutes:
         try:
             headers = [*SSE_HEADERS, (b"x-request-id", run_id.encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await self._pump_until_done_or_gone(spec, open_stream(spec, kwargs, run_id), run_id, receive, send)
+            await self._pump_until_done_or_gone(
+                spec, open_stream(spec, kwargs, run_id), run_id, receive, send
+            )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gate.leave()

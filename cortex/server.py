@@ -6,12 +6,14 @@ import copy
 import logging
 import os
 import socket
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from cortex import __version__
 from cortex.app import CortexApp, build_app
@@ -68,6 +70,9 @@ def serve(options: ServeOptions) -> int:
 
     def on_load_failed(exc: CortexError) -> None:
         failure.append(exc)
+        if options.debug:
+            traceback.print_exception(exc)
+        console.print(f"[red]Error:[/] {escape(exc.message)}")
         server.should_exit = True
 
     app = build_app(state, _announce(options, state), on_load_failed)
@@ -101,7 +106,9 @@ def reloadable_app() -> CortexApp:
     return build_app(state, _announce(options, state))
 
 
-def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState, log_config: dict[str, Any]) -> uvicorn.Config:
+def _uvicorn_config(
+    app: CortexApp, options: ServeOptions, state: ServingState, log_config: dict[str, Any]
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=options.host,
@@ -116,7 +123,7 @@ def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState, 
 
 def _print_start(options: ServeOptions, loaded: LoadedConfig, settings: Settings) -> None:
     for warning in loaded.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     name = loaded.config.deployment.name
     console.print(
         f"[bold]Cortex {__version__}[/] serving app [bold]{name}[/] of project "

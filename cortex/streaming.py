@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from cortex.concurrency import ThreadRunner
+from cortex.concurrency import ThreadRunner, call_soon_if_open
 
 logger = logging.getLogger("cortex.stream")
 
@@ -58,9 +58,7 @@ async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id:
             await aclose()
 
 
-async def stream_sync_generator(
-    gen: Iterator[Any], write: Write, run_id: str, threads: ThreadRunner
-) -> None:
+async def stream_sync_generator(gen: Iterator[Any], write: Write, run_id: str, threads: ThreadRunner) -> None:
     """Run the generator in a worker thread that encodes chunks ahead of the client.
 
     A thread hop per chunk (Starlette's `iterate_in_threadpool`) caps a stream at a few
@@ -140,17 +138,14 @@ class _ThreadedPump:
             self._frames.append(frame)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            self._loop.call_soon_threadsafe(_wake, waiter)
+            call_soon_if_open(self._loop, _wake, waiter)
 
     def _finish(self) -> None:
         with self._lock:
             self._finished = True
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            try:
-                self._loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:  # loop already closed at shutdown
-                pass
+            call_soon_if_open(self._loop, _wake, waiter)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

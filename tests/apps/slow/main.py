@@ -1,0 +1,17 @@
+"""Slow calls: for deadlines, the concurrency cap and the waiting queue."""
+import asyncio
+import time
+
+
+def sleep(seconds: float):
+    time.sleep(seconds)
+    return seconds
+
+
+async def asleep(seconds: float):
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def fast():
+    return "ok"

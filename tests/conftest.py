@@ -1,0 +1,173 @@
+"""Shared fixtures: a real uvicorn on a kernel-chosen loopback port, and `cortex` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from cortex.app import build_app
+from cortex.config import load_config, load_settings
+from cortex.state import ServingState
+
+TESTS = Path(__file__).parent
+APPS = TESTS / "apps"
+REPO = TESTS.parent
+EXAMPLES = REPO / "examples"
+CORTEX = [sys.executable, "-m", "cortex"]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT
+    base: str  # url + /v4/{project}/{app}
+    state: ServingState
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+@contextmanager
+def serving(app_dir: Path, wait_ready: bool = True, **settings: Any) -> Iterator[Served]:
+    """Serve an app dir in this process on 127.0.0.1 with a kernel-chosen port."""
+    config = load_config(app_dir).config
+    state = ServingState(app_dir, config, load_settings(**settings))
+    app = build_app(state)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # kernel-chosen port: parallel tests never collide
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), timeout=10, what="startup")
+    assert server.started, "server exited during startup; see the log above"
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        if wait_ready:
+            wait_for(lambda: state.registry is not None, timeout=20, what="main.py to import")
+        yield Served(url, url + state.base_path, state)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    """`with serve("echo") as s:` serves tests/apps/echo (or any Path)."""
+
+    def _serve(app: str | Path, **kwargs: Any) -> Any:
+        return serving(app if isinstance(app, Path) else APPS / app, **kwargs)
+
+    return _serve
+
+
+class CortexProcess:
+    """`cortex serve` as a real subprocess; the URL is read from what it prints."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [*CORTEX, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def find() -> re.Match[str] | None:
+            for line in self.lines:
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cortex exited ({self.proc.returncode}):\n{self.output}")
+            return None
+
+        result: re.Match[str] = wait_for(find, timeout, f"a line matching {pattern!r}")
+        return result
+
+    def url(self, timeout: float = 30) -> str:
+        return self.wait_for_line(r"on (http://127\.0\.0\.1:\d+)", timeout).group(1)
+
+    def wait_ready(self, timeout: float = 30) -> str:
+        url = self.url(timeout)
+        self.wait_for_line(r"^Ready\.", timeout)
+        return url
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        if not self._reader.is_alive() and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.wait(timeout)
+
+
+@pytest.fixture
+def cortex_process() -> Iterator[Callable[..., CortexProcess]]:
+    started: list[CortexProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CortexProcess:
+        process = CortexProcess(list(args), env, cwd)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop(signal.SIGKILL)
+
+
+def run_cortex(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`cortex ARGS` to completion, output captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+    return subprocess.run(
+        [*CORTEX, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )
