@@ -150,12 +150,19 @@ def failure_notes(summaries: list[dict[str, Any]], labels: dict[str, str]) -> st
     lines = []
     for summary in summaries:
         for failure in summary["failures"]:
-            first_line = failure.strip().splitlines()[0] if failure.strip() else "(no message)"
-            key = (summary["variant"], first_line)
-            if key not in seen:
-                seen.add(key)
-                lines.append(f"- {labels[summary['variant']]}: `{first_line}`")
+            text = _one_line(failure)
+            if (summary["variant"], text) not in seen:
+                seen.add((summary["variant"], text))
+                lines.append(f"- {labels[summary['variant']]}: `{text}`")
     return "\n".join(lines)
+
+
+def _one_line(failure: str) -> str:
+    """First line of a failure, plus its last line (the log's final word) when there are more."""
+    lines = [line.strip() for line in failure.strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
 
 
 def write_docs_section(path: Path, section: str) -> None:

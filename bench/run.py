@@ -74,9 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def selected_scenarios(args: argparse.Namespace) -> list[Scenario]:
     chosen = [s for s in SCENARIOS if args.only in (None, s.kind)]
-    return [
-        dataclasses.replace(s, body={"n": args.events}) if s.kind == "sse" else s for s in chosen
-    ]
+    return [dataclasses.replace(s, body={"n": args.events}) if s.kind == "sse" else s for s in chosen]
 
 
 def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,6 +89,7 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
+        "load_average_at_start": _load_average(),
         "pinning": f"server CPU {SERVER_CPU}, load CPU {LOAD_CPU}" if can_pin() else "none",
         "settings": {
             "rounds": args.rounds,
@@ -102,6 +101,14 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
             "variants": args.variants.split(","),
         },
     }
+
+
+def _load_average() -> list[float]:
+    """1/5/15-minute load averages: well above 0 before a run means the machine is not idle."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def _package_version(name: str) -> str:
@@ -148,9 +155,7 @@ def run_sse_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
         f"--warmup={args.warmup}",
     ]
     timeout = args.duration + args.warmup + 120
-    done = subprocess.run(
-        pinned(command, LOAD_CPU), capture_output=True, text=True, timeout=timeout
-    )
+    done = subprocess.run(pinned(command, LOAD_CPU), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"sse_load.py exited with code {done.returncode}: {done.stderr[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -158,23 +163,39 @@ def run_sse_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(server: Server, scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
-    """Sanity-check one function, then load it; the result dict, or {"error": why}."""
+    """Sanity-check one function, load it, check it again; the result dict, or {"error": why}."""
     url = f"{server.base_url}{server.variant.prefix}/{scenario.function}"
+    problem = sanity_problem(url, scenario)
+    if problem:
+        return {"error": f"sanity check failed: {problem}"}
     try:
-        check(url, scenario)
-    except (SanityError, httpx.HTTPError) as exc:
-        return {"error": f"sanity check failed: {exc}"}
-    try:
-        if scenario.kind == "sse":
-            result = run_sse_load(url, args)
-        else:
-            run_wrk(url, args.warmup, args.connections)
-            result = run_wrk(url, args.duration, args.connections).to_dict()
+        result = load(url, scenario, args)
     except (WrkError, RuntimeError, subprocess.TimeoutExpired) as exc:
         return {"error": f"load failed: {exc}"}
     if server.process.poll() is not None:
         return {"error": f"server exited with code {server.process.returncode} under load"}
+    if not result["requests" if scenario.kind == "rr" else "events"]:
+        return {"error": f"nothing completed in {args.duration:g} s of load (server stuck?)", **result}
+    problem = sanity_problem(url, scenario)
+    if problem:
+        return {"error": f"sanity check after load failed: {problem}", **result}
     return result
+
+
+def sanity_problem(url: str, scenario: Scenario) -> str:
+    """Why one request to `url` did not get the expected 200 reply ("" when it did)."""
+    try:
+        check(url, scenario)
+    except (SanityError, httpx.HTTPError) as exc:
+        return str(exc) or type(exc).__name__
+    return ""
+
+
+def load(url: str, scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    if scenario.kind == "sse":
+        return run_sse_load(url, args)
+    run_wrk(url, args.warmup, args.connections)
+    return run_wrk(url, args.duration, args.connections).to_dict()
 
 
 def describe(variant: Variant, scenario: Scenario, result: dict[str, Any]) -> str:
@@ -194,9 +215,7 @@ def describe(variant: Variant, scenario: Scenario, result: dict[str, Any]) -> st
     )
 
 
-def bench_variant(
-    variant: Variant, scenarios: list[Scenario], args: argparse.Namespace
-) -> dict[str, Any]:
+def bench_variant(variant: Variant, scenarios: list[Scenario], args: argparse.Namespace) -> dict[str, Any]:
     """Start one variant, measure every scenario on it, stop it."""
     try:
         with serving(variant) as server:
@@ -227,6 +246,10 @@ def summarise(
     return [(s, report.summarise(rounds, v, s)) for s in scenarios for v in variants]
 
 
+def _format_load(meta: dict[str, Any]) -> str:
+    return " / ".join(f"{value:.2f}" for value in meta["load_average_at_start"]) or "unknown"
+
+
 def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]]) -> str:
     labels = {name: variant.label for name, variant in VARIANTS.items()}
     settings, versions = meta["settings"], meta["versions"]
@@ -234,7 +257,8 @@ def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]
         f"## Results ({meta['date']}, commit {meta['git_commit']})",
         f"{settings['rounds']} interleaved round(s) of {settings['duration_s']:g} s after "
         f"{settings['warmup_s']:g} s of warm-up; {meta['cpu_count']} CPUs ({meta['cpu_model']}); "
-        f"pinning: {meta['pinning']}. Ratios are medians of per-round ratios to raw Starlette.",
+        f"pinning: {meta['pinning']}; load average at start {_format_load(meta)}. "
+        "Ratios are medians of per-round ratios to raw Starlette.",
         ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
     ]
     rr = [(s, x) for s, x in summaries if s.kind == "rr"]
@@ -280,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarise(rounds, scenarios, args.variants.split(","))
     markdown = render(meta, summaries)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    meta["load_average_at_end"] = _load_average()
     payload = {**meta, "rounds": rounds, "summary": [x for _, x in summaries]}
     args.output.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
     print(markdown)

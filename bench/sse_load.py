@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-STREAM_TIMEOUT_S = 60.0
+STREAM_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class _StreamProtocol(asyncio.Protocol):
         self.first_event_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self.request)
+        # uvloop's transports are not asyncio.Transport subclasses, so cast instead of assert
+        cast(asyncio.WriteTransport, transport).write(self.request)
 
     def data_received(self, data: bytes) -> None:
         if self.first_event_at is None and b"data:" in data:

@@ -51,10 +51,10 @@ def require_wrk() -> str:
 
 
 def wrk_version() -> str:
-    """wrk's own banner (`wrk -v` prints it and exits 1), e.g. 'wrk debian/4.1.0-3+b2 [epoll]'."""
+    """wrk's own banner (`wrk -v` prints it and exits 1), e.g. 'debian/4.1.0-3+b2 [epoll]'."""
     done = subprocess.run([require_wrk(), "-v"], capture_output=True, text=True, check=False)
     banner = (done.stdout or done.stderr).splitlines()
-    return banner[0].split(" Copyright")[0].strip() if banner else "unknown"
+    return banner[0].split(" Copyright")[0].removeprefix("wrk ").strip() if banner else "unknown"
 
 
 def run_wrk(url: str, duration_s: float, connections: int = 64, threads: int = 1) -> WrkResult:
@@ -69,9 +69,7 @@ def run_wrk(url: str, duration_s: float, connections: int = 64, threads: int = 1
         str(LUA_SCRIPT),
         url,
     ]
-    done = subprocess.run(
-        pinned(command, LOAD_CPU), capture_output=True, text=True, timeout=duration_s + 60
-    )
+    done = subprocess.run(pinned(command, LOAD_CPU), capture_output=True, text=True, timeout=duration_s + 60)
     if done.returncode != 0:
         raise WrkError(f"wrk exited with code {done.returncode}: {done.stderr.strip()}")
     return parse_summary(done.stdout)
@@ -93,7 +91,5 @@ def parse_summary(stdout: str) -> WrkResult:
         p99_ms=raw["p99_us"] / 1000,
         max_ms=raw["max_us"] / 1000,
         non_2xx_3xx=raw["non_2xx_3xx"],
-        socket_errors=sum(
-            raw[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts")
-        ),
+        socket_errors=sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts")),
     )

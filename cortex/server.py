@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import socket
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from cortex.state import ServingState
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-# `--reload` runs the app in a child process that uvicorn restarts; these carry the options.
-_RELOAD_APP_DIR = "CORTEX_APP_DIR"
+# `--reload` runs the app in a child process that uvicorn restarts; this carries the options.
+_RELOAD_OPTIONS = "_CORTEX_RELOAD_OPTIONS"
 
 
 @dataclass(frozen=True)
@@ -44,27 +45,14 @@ def serve(options: ServeOptions) -> int:
     """Serve until stopped; the exit code is non-zero when main.py failed to load."""
     loaded = load_config(options.app_dir)  # fail fast, before a port is bound
     settings = load_settings(project_id=options.project_id, debug=options.debug or None)
-    log_config = _log_config(options.debug)
-    if options.reload:
-        os.environ[_RELOAD_APP_DIR] = str(options.app_dir.resolve())
-        if options.project_id:
-            os.environ["CORTEX_PROJECT_ID"] = options.project_id
-        uvicorn.run(
-            "cortex.server:reloadable_app",
-            factory=True,
-            reload=True,
-            reload_dirs=[str(options.app_dir.resolve())],
-            host=options.host,
-            port=options.port,
-            access_log=options.access_log,
-            log_config=log_config,
-        )
-        return 0
-
     sock = bind_socket(options.host, options.port)
     options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
-    failure: list[CortexError] = []
     _print_start(options, loaded, settings)
+    if options.reload:
+        sock.close()  # uvicorn's reloader binds the port itself
+        _serve_with_reload(options)
+        return 0
+    failure: list[CortexError] = []
     state = ServingState(options.app_dir, loaded.config, settings)
     server: uvicorn.Server
 
@@ -76,9 +64,34 @@ def serve(options: ServeOptions) -> int:
         server.should_exit = True
 
     app = build_app(state, _announce(options, state), on_load_failed)
-    server = uvicorn.Server(_uvicorn_config(app, options, state, log_config))
+    server = uvicorn.Server(_uvicorn_config(app, options, state))
     server.run(sockets=[sock])
     return 1 if failure else 0
+
+
+def _serve_with_reload(options: ServeOptions) -> None:
+    """uvicorn restarts a child process on changes; the child rebuilds the app from the options."""
+    app_dir = options.app_dir.resolve()
+    os.environ[_RELOAD_OPTIONS] = json.dumps({**asdict(options), "app_dir": str(app_dir)})
+    uvicorn.run(
+        "cortex.server:reloadable_app",
+        factory=True,
+        reload=True,
+        reload_dirs=[str(app_dir)],
+        host=options.host,
+        port=options.port,
+        access_log=options.access_log,
+        log_config=_log_config(options.debug),
+    )
+
+
+def reloadable_app() -> CortexApp:
+    """uvicorn's factory in a `--reload` child: the parent's options, read back."""
+    fields = json.loads(os.environ[_RELOAD_OPTIONS])
+    options = ServeOptions(**{**fields, "app_dir": Path(fields["app_dir"])})
+    settings = load_settings(project_id=options.project_id, debug=options.debug or None)
+    state = ServingState(options.app_dir, load_config(options.app_dir).config, settings)
+    return build_app(state, _announce(options, state))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -98,23 +111,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def reloadable_app() -> CortexApp:
-    """uvicorn's factory in a `--reload` child: same options, read back from the environment."""
-    app_dir = Path(os.environ[_RELOAD_APP_DIR])
-    state = ServingState(app_dir, load_config(app_dir).config, load_settings())
-    options = ServeOptions(app_dir=app_dir)
-    return build_app(state, _announce(options, state))
-
-
-def _uvicorn_config(
-    app: CortexApp, options: ServeOptions, state: ServingState, log_config: dict[str, Any]
-) -> uvicorn.Config:
+def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=options.host,
         port=options.port,
         access_log=options.access_log,
-        log_config=log_config,
+        log_config=_log_config(options.debug),
         lifespan="on",
         # SIGTERM: stop accepting, let in-flight calls finish for up to the grace period.
         timeout_graceful_shutdown=int(state.grace_seconds),

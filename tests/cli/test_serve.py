@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import APPS, EXAMPLES, run_cortex
+from tests.conftest import APPS, EXAMPLES, run_cortex, wait_for
 
 
 def test_help_explains_every_flag():
@@ -158,3 +159,23 @@ def test_sigterm_lets_in_flight_calls_finish_then_exits(cortex_process):
     assert results[0].json()["result"] == 1.5
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{url}/v4/p-local/busy/sleep", json={"seconds": 0})
+
+
+def test_reload_serves_a_function_added_while_running(cortex_process, tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLES / "hello-world", app)
+    server = cortex_process("serve", str(app), "--port", "0", "--reload")
+    url = server.wait_ready()
+    endpoint = f"{url}/v4/p-local/hello-world/added"
+    assert httpx.post(endpoint, json={"x": 1}).status_code == 404
+    with (app / "main.py").open("a") as main:
+        main.write("\n\ndef added(x: int):\n    return x + 1\n")
+
+    def served() -> httpx.Response | None:
+        try:
+            response = httpx.post(endpoint, json={"x": 1})
+        except httpx.TransportError:
+            return None  # between the old child and the new one
+        return response if response.status_code == 200 else None
+
+    assert wait_for(served, timeout=20, what="the reloaded function").json()["result"] == 2

@@ -1,0 +1,6 @@
+"""Your app: every public function in this file is an HTTP endpoint."""
+
+
+def run(prompt: str, run_id):
+    print(f"Received the prompt {prompt} in run {run_id}")
+    return {"my_result": prompt}
