@@ -168,14 +168,23 @@ def test_reload_serves_a_function_added_while_running(cortex_process, tmp_path):
     url = server.wait_ready()
     endpoint = f"{url}/v4/p-local/hello-world/added"
     assert httpx.post(endpoint, json={"x": 1}).status_code == 404
-    with (app / "main.py").open("a") as main:
-        main.write("\n\ndef added(x: int):\n    return x + 1\n")
+    edited = (app / "main.py").read_text() + "\n\ndef added(x: int):\n    return x + 1\n"
+    last_write = [0.0]
 
     def served() -> httpx.Response | None:
+        # uvicorn's file watcher may start a moment after the app is ready: write again
+        # (identically) every 2 s until the new function shows up.
+        if time.monotonic() - last_write[0] > 2:
+            (app / "main.py").write_text(edited)
+            last_write[0] = time.monotonic()
         try:
             response = httpx.post(endpoint, json={"x": 1})
         except httpx.TransportError:
             return None  # between the old child and the new one
         return response if response.status_code == 200 else None
 
-    assert wait_for(served, timeout=20, what="the reloaded function").json()["result"] == 2
+    try:
+        reloaded = wait_for(served, timeout=20, what="the reloaded function")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; cortex printed:\n{server.output}") from None
+    assert reloaded.json()["result"] == 2
