@@ -15,8 +15,21 @@ DOCS_END = "<!-- bench:end -->"
 DOCS_HEADER = """# Benchmarks
 
 How fast `cortex serve` calls a function, next to a raw Starlette route doing the same work on
-the same uvicorn settings (the ceiling). How to run and what is measured: `bench/README.md`.
-The section below is rewritten by every full `bench/run.py` run.
+the same uvicorn settings (uvloop, httptools, access log off, one process). How to run it and
+exactly what each side does: `bench/README.md`. The section between the markers below is
+rewritten by every full `bench/run.py` run; the rest of this file is not.
+
+Reading the numbers:
+- Compare ratios, not absolute numbers: rounds interleave the variants on fresh processes, and
+  the ratio is taken within each round. A load average well above 0 at the start means other
+  work shared the machine, which widens the spread of the per-round ratios.
+- The raw sync stream is Starlette's own way of streaming a sync generator: one threadpool hop
+  per chunk. Cortex drives the generator from one worker thread and writes whatever frames have
+  piled up in one write, hence the large ratio. Likewise Cortex hands sync calls to its own
+  thread pool instead of anyio's `run_in_threadpool`.
+- An async generator that never awaits (`astream`) holds the event loop for a whole stream, so
+  16 concurrent streams are served one after another: see the first-event latency. Its events/s
+  swing more from round to round than the other scenarios; use more rounds to compare it.
 """
 RATE_KEY = {"rr": "rps", "sse": "events_per_s"}
 

@@ -46,6 +46,7 @@ from wrk_load import WrkError, require_wrk, run_wrk, wrk_version
 RESULTS_PATH = BENCH_DIR / "results" / "latest.json"
 QUICK_RESULTS_PATH = BENCH_DIR / "results" / "quick.json"
 DOCS_PATH = REPO_DIR / "docs" / "benchmarks.md"
+BUSY_LOAD = 0.5
 PACKAGES = ("starlette", "uvicorn", "uvloop", "httptools", "pydantic", "httpx")
 
 
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             log(str(exc))
             return 2
     meta = collect_meta(args)
+    if meta["load_average_at_start"] and meta["load_average_at_start"][0] > BUSY_LOAD:
+        log(f"note: load average {meta['load_average_at_start'][0]:.2f}: the machine is not idle")
     rounds = run_rounds(args, scenarios)
     summaries = summarise(rounds, scenarios, args.variants.split(","))
     markdown = render(meta, summaries)

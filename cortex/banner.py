@@ -8,6 +8,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from cortex.discovery import FunctionSpec, Registry
 
@@ -23,8 +24,19 @@ def _example_value(annotation: Any) -> Any:
     origin = typing.get_origin(annotation) or annotation
     if isinstance(origin, type) and issubclass(origin, BaseModel):
         fields = origin.model_fields.items()
-        return {name: _example_value(field.annotation) for name, field in fields if field.is_required()}
+        return {
+            _input_name(name, field): _example_value(field.annotation)
+            for name, field in fields
+            if field.is_required()
+        }
     return _EXAMPLE_VALUES.get(origin)
+
+
+def _input_name(name: str, field: FieldInfo) -> str:
+    """The key validation reads: the field's alias when it has one."""
+    if isinstance(field.validation_alias, str):
+        return field.validation_alias
+    return field.alias or name
 
 
 def curl_command(base_url: str, spec: FunctionSpec) -> str:

@@ -62,25 +62,26 @@ class ThreadRunner:
             job = self._jobs.get()
             if job is None:
                 return
-            self._run_job(*job)
+            future, context, func, args = job
             del job  # do not keep the last job's arguments alive while idle
+            outcome = _run(context, func, args)
             with self._lock:
+                # Idle again *before* the caller hears back, so its next call reuses this thread.
                 self._idle += 1
+            call_soon_if_open(future.get_loop(), _settle, future, outcome)
 
-    @staticmethod
-    def _run_job(
-        future: asyncio.Future[Any],
-        context: contextvars.Context,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-    ) -> None:
-        loop = future.get_loop()
-        try:
-            result = context.run(func, *args)
-        except BaseException as exc:
-            call_soon_if_open(loop, _set_exception, future, exc)
-        else:
-            call_soon_if_open(loop, _set_result, future, result)
+
+def _run(context: contextvars.Context, func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    try:
+        return True, context.run(func, *args)
+    except StopIteration as exc:
+        # An asyncio future refuses StopIteration (it would end the awaiting coroutine), as
+        # starlette.concurrency also works around; `next()` on an empty iterator raises it.
+        error = RuntimeError(f"{func.__qualname__}() raised StopIteration")
+        error.__cause__ = exc
+        return False, error
+    except BaseException as exc:
+        return False, exc
 
 
 def call_soon_if_open(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
@@ -89,14 +90,14 @@ def call_soon_if_open(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
         loop.call_soon_threadsafe(*args)
 
 
-def _set_result(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():  # cancelled by a deadline or a gone client
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():  # cancelled by a deadline or a gone client: nobody wants the result
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class AdmissionGate:
@@ -134,7 +135,8 @@ class AdmissionGate:
             if waiter.done() and not waiter.cancelled():
                 self.leave()  # we were handed a slot as we were cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # leave() may have dropped it already
+                    self._waiters.remove(waiter)
             raise
 
     def leave(self) -> None:

@@ -8,6 +8,7 @@ import inspect
 import sys
 import time
 import traceback
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class FunctionSpec:
     parameters: tuple[Parameter, ...]  # what a caller may send (never run_id)
     takes_run_id: bool
     takes_extra_kwargs: bool  # declares **kwargs, so unknown keys are passed through
-    positional_only: tuple[str, ...]  # passed positionally, in this order
+    positional_only: tuple[tuple[str, Any], ...]  # (name, default) passed positionally, in order
     arguments: TypeAdapter[dict[str, Any]]  # JSON object -> validated kwargs
     return_annotation: Any
     doc: str
@@ -112,12 +113,13 @@ def import_main(app_dir: Path) -> ModuleType:
 def describe_import_failure(exc: BaseException, path: Path) -> str:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         package = exc.name.split(".")[0]
-        return (
-            f"{MODULE_FILE} failed to import: {exc}. "
-            f"Add {package} under [cerebrium.dependencies.pip] in cerebrium.toml and install it."
-        )
-    where = _user_frame(exc, path)
-    return f"{MODULE_FILE} failed to import: {type(exc).__name__}: {exc}{where}"
+        if importlib.util.find_spec(package) is None:  # not a missing submodule of a package we have
+            return (
+                f"{MODULE_FILE} failed to import: {exc}. "
+                f"Add {package} under [cerebrium.dependencies.pip] in cerebrium.toml and install it."
+            )
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)  # str() repeats the location
+    return f"{MODULE_FILE} failed to import: {type(exc).__name__}: {text}{_user_frame(exc, path)}"
 
 
 def _user_frame(exc: BaseException, path: Path) -> str:
@@ -154,7 +156,7 @@ def build_spec(name: str, func: Callable[..., Any]) -> FunctionSpec:
     signature = inspect.signature(func)
     hints = _type_hints(func)
     parameters: list[Parameter] = []
-    positional_only: list[str] = []
+    positional_only: list[tuple[str, Any]] = []
     takes_run_id = takes_extra = False
     for param in signature.parameters.values():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
@@ -162,17 +164,16 @@ def build_spec(name: str, func: Callable[..., Any]) -> FunctionSpec:
         elif param.kind is inspect.Parameter.VAR_POSITIONAL:
             continue  # JSON objects carry no positional arguments
         elif param.name == RUN_ID_PARAMETER:
+            if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise DiscoveryError(
+                    f"{name}(): run_id cannot be positional-only; Cortex passes it by keyword."
+                )
             takes_run_id = True
         else:
             required = param.default is inspect.Parameter.empty
             parameters.append(Parameter(param.name, hints.get(param.name, Any), required, param.default))
             if param.kind is inspect.Parameter.POSITIONAL_ONLY:
-                positional_only.append(param.name)
-    if positional_only and takes_run_id:
-        raise DiscoveryError(
-            f"{name}(): a function with positional-only parameters cannot take run_id; "
-            "make its parameters ordinary keyword parameters."
-        )
+                positional_only.append((param.name, param.default))
     return FunctionSpec(
         name=name,
         func=func,
@@ -188,12 +189,27 @@ def build_spec(name: str, func: Callable[..., Any]) -> FunctionSpec:
 
 
 def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
-    """Resolved hints; when a forward reference cannot be resolved, the raw annotations."""
+    """Resolved hints; one that cannot be resolved (say, under TYPE_CHECKING) becomes Any alone."""
     try:
         return typing.get_type_hints(func, include_extras=True)
     except Exception:
-        raw = getattr(func, "__annotations__", {})
-        return {k: (v if not isinstance(v, str) else Any) for k, v in raw.items()}
+        pass
+    hints = {}
+    for key, annotation in getattr(func, "__annotations__", {}).items():
+        holder = _annotated_holder(key, annotation, func)
+        try:
+            hints[key] = typing.get_type_hints(holder, globalns=func.__globals__, include_extras=True)[key]
+        except Exception:
+            hints[key] = Any
+    return hints
+
+
+def _annotated_holder(key: str, annotation: Any, func: Callable[..., Any]) -> Any:
+    def holder() -> None: ...
+
+    holder.__annotations__ = {key: annotation}
+    holder.__module__ = func.__module__
+    return holder
 
 
 def _arguments_adapter(
@@ -219,9 +235,23 @@ def _arguments_adapter(
 
 
 def describe_type(annotation: Any) -> str:
-    """'str', 'list[int]', 'int | None' — how a parameter's type reads in an error message."""
+    """'str', 'list[int]', 'Item', 'int | None' — how a parameter's type reads in a message."""
     if annotation is Any or annotation is inspect.Parameter.empty:
         return "any"
-    if isinstance(annotation, type) and not typing.get_args(annotation):
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return describe_type(args[0])  # constraints show up in the detail, not the type
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(describe_type(arg) for arg in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{name}[{', '.join(describe_type(arg) for arg in args)}]" if args else name
+    if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")

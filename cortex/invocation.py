@@ -46,34 +46,45 @@ def describe_validation_error(
 
 
 def _describe_problem(spec: FunctionSpec, err: Any) -> dict[str, Any]:
-    name = str(err["loc"][0])
-    path = ".".join(str(part) for part in err["loc"])
+    loc = err["loc"]
+    name = str(loc[0])
     param = next((p for p in spec.parameters if p.name == name), None)
-    if err["type"] == "missing" and len(err["loc"]) == 1 and param is not None:
-        message = f"missing required parameter '{name}' ({param.type_name})"
-        return {"parameter": name, "message": message, "expected": param.type_name}
+    if len(loc) > 1 or (param is None and err["type"] != "extra_forbidden"):
+        return _describe_nested_problem(err)
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(spec.parameter_names) or "no parameters"
         message = f"unexpected parameter '{name}' ({spec.name}() accepts: {accepted})"
         return {"parameter": name, "message": message}
-    got = _describe_value(err["input"])
-    if len(err["loc"]) == 1 and param is not None:
-        message = f"parameter '{name}' expects {param.type_name}, got {got}"
-        return {
-            "parameter": name,
-            "message": message,
-            "expected": param.type_name,
-            "detail": err["msg"],
-        }
-    message = f"parameter '{path}': {err['msg']} (got {got})"
+    assert param is not None
+    if err["type"] == "missing":
+        message = f"missing required parameter '{name}' ({param.type_name})"
+        return {"parameter": name, "message": message, "expected": param.type_name}
+    message = f"parameter '{name}' expects {param.type_name}, got {_describe_value(err['input'])}"
+    return {"parameter": name, "message": message, "expected": param.type_name, "detail": err["msg"]}
+
+
+def _describe_nested_problem(err: Any) -> dict[str, Any]:
+    """A problem inside a model or container: the dotted path and pydantic's own words."""
+    path = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing":
+        message = f"parameter '{path}' is required"
+    elif err["type"] == "extra_forbidden":
+        message = f"parameter '{path}' is not allowed here"
+    else:
+        message = f"parameter '{path}': {err['msg']} (got {_describe_value(err['input'])})"
     return {"parameter": path, "message": message, "detail": err["msg"]}
 
 
 def _describe_value(value: Any) -> str:
+    """How a received JSON value reads in a message: `42 (int)`, `'x' (str)`, `null`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (bool)"
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text} ({'null' if value is None else type(value).__name__})"
+    return f"{text} ({type(value).__name__})"
 
 
 def _json_type_name(value: Any) -> str:
@@ -90,7 +101,9 @@ def call_arguments(
         kwargs[RUN_ID_PARAMETER] = run_id
     if not spec.positional_only:
         return (), kwargs
-    args = tuple(kwargs.pop(name) for name in spec.positional_only if name in kwargs)
+    # Positional-only parameters go in order; an omitted one takes its default, so a later
+    # one given by the caller cannot shift into its place.
+    args = tuple(kwargs.pop(name, default) for name, default in spec.positional_only)
     return args, kwargs
 
 
@@ -117,7 +130,10 @@ def open_stream(
 
 
 def _call_with_kwargs(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return func(*args, **kwargs)
+    try:
+        return func(*args, **kwargs)
+    except StopIteration as exc:  # e.g. next() on an empty iterator; futures cannot carry it
+        raise RuntimeError(f"{func.__name__}() raised StopIteration") from exc
 
 
 def _collect(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

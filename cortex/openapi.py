@@ -6,12 +6,16 @@ import inspect
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 from pydantic_core import to_jsonable_python
 
 from cortex import __version__
 from cortex.discovery import FunctionSpec, Registry
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+# Cortex's own components, named so that a user's `Error` model cannot replace them.
+ERROR_SCHEMA = "CortexError"
+FAILURE_SCHEMA = "CortexRunFailure"
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -53,13 +57,12 @@ _REJECTIONS = {
 
 
 def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str, Any]:
-    schemas: dict[str, Any] = {
-        "Error": _ERROR_SCHEMA,
-        "RunFailure": _FAILURE_SCHEMA,
-    }
+    specs = list(registry.functions.values())
+    requests, results, definitions = _generate_schemas(specs)
+    schemas = {**definitions, ERROR_SCHEMA: _ERROR_SCHEMA, FAILURE_SCHEMA: _FAILURE_SCHEMA}
     paths = {
-        f"{base_path}/{spec.name}": {"post": _operation(spec, schemas)}
-        for spec in registry.functions.values()
+        f"{base_path}/{spec.name}": {"post": _operation(spec, requests[spec.name], results[spec.name])}
+        for spec in specs
     }
     return {
         "openapi": "3.1.0",
@@ -73,8 +76,61 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
     }
 
 
-def _operation(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
-    result = {"type": "array"} if spec.kind.is_streaming else _result_schema(spec, schemas)
+_Key = tuple[str, str]  # (function name, "request" | "result")
+
+
+def _generate_schemas(
+    specs: list[FunctionSpec],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Request and result schemas of every function, generated in one pass.
+
+    One pass gives two different models that share a class name two different component names;
+    a hint pydantic cannot describe leaves that one schema open instead of failing the document.
+    """
+    inputs: list[tuple[_Key, JsonSchemaMode, TypeAdapter[Any]]] = []
+    for spec in specs:
+        inputs.append(((spec.name, "request"), "validation", spec.arguments))
+        result = _result_adapter(spec)
+        if result is not None:
+            inputs.append(((spec.name, "result"), "serialization", result))
+    describable = [item for item in inputs if _can_describe(item[2], item[1])]
+    generated, definitions = TypeAdapter.json_schemas(describable, ref_template=REF_TEMPLATE)
+    defs: dict[str, Any] = definitions.get("$defs", {})
+    requests, results = {}, {}
+    for spec in specs:
+        request = generated.get(((spec.name, "request"), "validation"))
+        # Each function's arguments are its own TypedDict: inline it rather than list it.
+        requests[spec.name] = _request_schema(spec, _inline(request, defs) if request else None)
+        result_schema = generated.get(((spec.name, "result"), "serialization"), {})
+        results[spec.name] = {"type": "array"} if spec.kind.is_streaming else result_schema
+    return requests, results, defs
+
+
+def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if set(schema) != {"$ref"}:
+        return schema
+    inlined: dict[str, Any] = defs.pop(schema["$ref"].rsplit("/", 1)[1])
+    return inlined
+
+
+def _result_adapter(spec: FunctionSpec) -> TypeAdapter[Any] | None:
+    if spec.kind.is_streaming or spec.return_annotation in (inspect.Signature.empty, Any):
+        return None
+    try:
+        return TypeAdapter(spec.return_annotation)
+    except Exception:
+        return None  # an annotation pydantic cannot handle: the result stays undocumented
+
+
+def _can_describe(adapter: TypeAdapter[Any], mode: JsonSchemaMode) -> bool:
+    try:
+        adapter.json_schema(mode=mode)
+    except Exception:
+        return False
+    return True
+
+
+def _operation(spec: FunctionSpec, request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     envelope = {
         "type": "object",
         "required": ["run_id", "run_time_ms", "result"],
@@ -89,19 +145,31 @@ def _operation(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
         ok["text/event-stream"] = {"schema": {"type": "string"}}
     responses: dict[str, Any] = {"200": {"description": "The function's result", "content": ok}}
     for status, why in _REJECTIONS.items():
-        responses[status] = _json_response(why, "Error")
-    responses["500"] = _json_response("The function raised, or its result is not JSON", "RunFailure")
-    responses["504"] = _json_response("The call outlived response_grace_period", "RunFailure")
+        responses[status] = _json_response(why, ERROR_SCHEMA)
+    responses["500"] = _json_response("The function raised, or its result is not JSON", FAILURE_SCHEMA)
+    responses["504"] = _json_response("The call outlived response_grace_period", FAILURE_SCHEMA)
     return {
         "operationId": spec.name,
         "summary": spec.doc.splitlines()[0] if spec.doc else f"Call {spec.name}()",
         "description": _describe(spec),
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": _request_schema(spec, schemas)}},
-        },
+        "requestBody": {"required": False, "content": {"application/json": {"schema": request}}},
         "responses": responses,
     }
+
+
+def _schema_per_parameter(spec: FunctionSpec) -> dict[str, Any]:
+    """When one hint has no JSON schema, still document every parameter that has one."""
+    properties = {p.name: _plain_schema(p.annotation) for p in spec.parameters}
+    required = [p.name for p in spec.parameters if p.required]
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _plain_schema(annotation: Any) -> dict[str, Any]:
+    try:
+        schema: dict[str, Any] = TypeAdapter(annotation).json_schema()
+    except Exception:
+        return {}  # any value: pydantic validates it, JSON schema cannot say how
+    return {} if "$defs" in schema else schema
 
 
 def _describe(spec: FunctionSpec) -> str:
@@ -119,8 +187,8 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 
-def _request_schema(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
-    schema = _hoist(spec.arguments.json_schema(ref_template=REF_TEMPLATE), schemas)
+def _request_schema(spec: FunctionSpec, generated: dict[str, Any] | None) -> dict[str, Any]:
+    schema = generated if generated is not None else _schema_per_parameter(spec)
     for param in spec.parameters:  # TypedDicts carry no defaults; the signature does
         if param.required or param.name not in schema.get("properties", {}):
             continue
@@ -129,21 +197,4 @@ def _request_schema(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, An
         except Exception:
             continue  # a default with no JSON form is simply not documented
     schema["title"] = f"{spec.name} arguments"
-    return schema
-
-
-def _result_schema(spec: FunctionSpec, schemas: dict[str, Any]) -> dict[str, Any]:
-    annotation = spec.return_annotation
-    if annotation in (inspect.Signature.empty, Any):
-        return {}
-    try:
-        schema = TypeAdapter(annotation).json_schema(mode="serialization", ref_template=REF_TEMPLATE)
-    except Exception:
-        return {}  # an annotation pydantic cannot describe: leave the result open
-    return _hoist(schema, schemas)
-
-
-def _hoist(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
-    """Move nested model definitions into components/schemas, shared by every operation."""
-    schemas.update(schema.pop("$defs", {}))
     return schema

@@ -15,7 +15,7 @@ from cortex.concurrency import ThreadRunner, call_soon_if_open
 
 logger = logging.getLogger("cortex.stream")
 
-SSE_FIELD_PREFIXES = ("data:", "event:", "id:", "retry:", ":")
+SSE_FIELD_PREFIXES = ("data:", "event:", "id:", "retry:")
 WINDOW = 64  # chunks a sync generator may run ahead of a slow client
 FAIRNESS_SECONDS = 0.005  # an async generator that never awaits still lets other requests run
 
@@ -23,15 +23,27 @@ Write = Callable[[bytes], Awaitable[None]]
 
 
 def encode_event(chunk: Any) -> bytes:
-    """One chunk as SSE bytes: pre-framed strings and bytes verbatim, the rest as `data:`."""
+    """One chunk as SSE bytes: pre-framed events and bytes verbatim, everything else as `data:`."""
     if isinstance(chunk, bytes):
         return chunk
     if isinstance(chunk, str):
-        if chunk.startswith(SSE_FIELD_PREFIXES):
-            return chunk.encode()
-        # Each line of a multi-line string needs its own `data:` field to survive SSE parsing.
-        return ("data: " + chunk.replace("\r\n", "\n").replace("\n", "\ndata: ") + "\n\n").encode()
+        if is_pre_framed(chunk):
+            return chunk.encode() if chunk.endswith("\n") else (chunk + "\n\n").encode()
+        # Every line of the text needs its own `data:` field; SSE ends a line at CR, LF or CRLF.
+        lines = chunk.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        return ("data: " + "\ndata: ".join(lines) + "\n\n").encode()
     return b"data: " + to_json(chunk) + b"\n\n"
+
+
+def is_pre_framed(text: str) -> bool:
+    """`data: …\n\n` as Cerebrium apps yield it: passed through as the app framed it.
+
+    A text that merely starts with `:` (a common LLM token) is a pre-framed comment only when
+    it ends a line; otherwise it is data, so a `:` token is never swallowed as a comment.
+    """
+    if text.startswith(SSE_FIELD_PREFIXES):
+        return True
+    return text.startswith(":") and text.endswith("\n")
 
 
 def encode_error_event(exc: BaseException, run_id: str) -> bytes:
@@ -44,14 +56,19 @@ async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id:
     loop = asyncio.get_running_loop()
     last_yield = loop.time()
     try:
-        async for chunk in agen:
+        while True:
+            try:
+                chunk = await agen.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # the user's generator failed, not the client
+                logger.exception("Stream %s failed", run_id)
+                await write(encode_error_event(exc, run_id))
+                return
             await write(encode_event(chunk))
             if loop.time() - last_yield > FAIRNESS_SECONDS:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
-    except Exception as exc:
-        logger.exception("Stream %s failed", run_id)
-        await write(encode_error_event(exc, run_id))
     finally:
         aclose = getattr(agen, "aclose", None)
         if aclose is not None:
