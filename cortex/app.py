@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from cortex.discovery import Registry, discover
 from cortex.errors import CortexError
@@ -37,10 +38,24 @@ class CortexApp:
         self.starlette = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v4/"):
+        if scope["type"] != "http":
+            await self.starlette(scope, receive, send)  # lifespan
+        elif scope["path"].startswith("/v4/"):
             await self.functions(scope, receive, send)
         else:
-            await self.starlette(scope, receive, send)
+            await self.starlette(scope, receive, _with_request_id(send))
+
+
+def _with_request_id(send: Send) -> Send:
+    """Every response carries X-Request-Id, not only function calls: logs can always be joined."""
+    request_id = str(uuid.uuid4()).encode()
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+        await send(message)
+
+    return send_with_id
 
 
 def build_app(

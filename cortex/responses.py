@@ -20,11 +20,16 @@ SSE_HEADERS: Headers = [
 ]
 
 
+def encode_json(value: Any) -> bytes:
+    """Compact JSON; NaN and infinities become null, since JSON has no spelling for them."""
+    return to_json(value, inf_nan_mode="null")
+
+
 def encode_result(run_id: str, run_time_ms: float, result: Any, function: str) -> tuple[int, bytes]:
     """The 200 envelope; a dict result with an int `status_code` sets the HTTP status."""
     envelope = {"run_id": run_id, "run_time_ms": round(run_time_ms, 3), "result": result}
     try:
-        body = to_json(envelope)
+        body = encode_json(envelope)
     except PydanticSerializationError as exc:
         raise ResultNotSerializableError(
             f"{function}() returned a value that cannot be written as JSON ({exc}). Return "
@@ -44,7 +49,7 @@ def result_status(result: Any) -> int:
 def encode_failure(run_id: str, run_time_ms: float, error_type: str, message: str) -> bytes:
     """The envelope of a call that ran and failed (500) or ran out of time (504)."""
     error = {"type": error_type, "message": message}
-    return to_json({"run_id": run_id, "run_time_ms": round(run_time_ms, 3), "error": error})
+    return encode_json({"run_id": run_id, "run_time_ms": round(run_time_ms, 3), "error": error})
 
 
 def encode_request_error(exc: RequestError) -> bytes:
@@ -52,11 +57,11 @@ def encode_request_error(exc: RequestError) -> bytes:
     error: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if exc.details:
         error["details"] = exc.details
-    return to_json({"error": error})
+    return encode_json({"error": error})
 
 
 def encode_error(code: str, message: str) -> bytes:
-    return to_json({"error": {"code": code, "message": message}})
+    return encode_json({"error": {"code": code, "message": message}})
 
 
 async def send_json(

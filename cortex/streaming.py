@@ -9,9 +9,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from pydantic_core import to_json
-
 from cortex.concurrency import ThreadRunner, call_soon_if_open
+from cortex.responses import encode_json
 
 logger = logging.getLogger("cortex.stream")
 
@@ -32,7 +31,7 @@ def encode_event(chunk: Any) -> bytes:
         # Every line of the text needs its own `data:` field; SSE ends a line at CR, LF or CRLF.
         lines = chunk.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         return ("data: " + "\ndata: ".join(lines) + "\n\n").encode()
-    return b"data: " + to_json(chunk) + b"\n\n"
+    return b"data: " + encode_json(chunk) + b"\n\n"
 
 
 def is_pre_framed(text: str) -> bool:
@@ -48,7 +47,7 @@ def is_pre_framed(text: str) -> bool:
 
 def encode_error_event(exc: BaseException, run_id: str) -> bytes:
     payload = {"type": type(exc).__name__, "message": str(exc), "run_id": run_id}
-    return b"event: error\ndata: " + to_json(payload) + b"\n\n"
+    return b"event: error\ndata: " + encode_json(payload) + b"\n\n"
 
 
 async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id: str) -> None:
@@ -58,14 +57,14 @@ async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id:
     try:
         while True:
             try:
-                chunk = await agen.__anext__()
+                frame = encode_event(await agen.__anext__())
             except StopAsyncIteration:
                 return
-            except Exception as exc:  # the user's generator failed, not the client
+            except Exception as exc:  # the user's generator (or its chunk) failed, not the client
                 logger.exception("Stream %s failed", run_id)
                 await write(encode_error_event(exc, run_id))
                 return
-            await write(encode_event(chunk))
+            await write(frame)
             if loop.time() - last_yield > FAIRNESS_SECONDS:
                 await asyncio.sleep(0)
                 last_yield = loop.time()

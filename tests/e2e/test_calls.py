@@ -202,3 +202,10 @@ def test_health_and_ready(echo):
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     assert "predict" in ready.json()["functions"]
+
+
+def test_responses_outside_v4_carry_a_request_id_too(echo):
+    with echo.client() as client:
+        first = client.get("/health").headers["x-request-id"]
+        second = client.get("/nothing").headers["x-request-id"]
+    assert uuid.UUID(first) != uuid.UUID(second)

@@ -162,3 +162,21 @@ def _poll_until_ready(client: httpx.Client) -> httpx.Response:
             return response
         time.sleep(0.05)
     raise AssertionError("never became ready")
+
+
+def test_nan_and_infinity_become_null_so_the_body_stays_json(raises):
+    with raises.client() as client:
+        response = client.post(f"{raises.base}/not_a_number")
+    assert response.status_code == 200
+    assert b"NaN" not in response.content and b"Infinity" not in response.content
+    assert response.json()["result"] == {"nan": None, "inf": None, "ok": 1.5}
+
+
+def test_stop_iteration_in_a_sync_function_is_a_500_not_a_hang(raises):
+    with raises.client(timeout=5) as client:
+        response = client.post(f"{raises.base}/first_match", json={"items": [1, 2]})
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "type": "RuntimeError",
+        "message": "first_match() raised StopIteration",
+    }

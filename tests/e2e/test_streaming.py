@@ -122,3 +122,15 @@ def test_curl_receives_the_stream(words):
         check=True,
     )
     assert result.stdout == "data: via\n\ndata: curl\n\n"
+
+
+@pytest.mark.parametrize("function", ["bad_chunk", "abad_chunk"])
+def test_chunk_that_is_not_json_ends_the_stream_with_an_error_event(words, function):
+    response = stream_text(words, function)
+    assert response.status_code == 200
+    first, second = response.text.split("\n\n")[:2]
+    assert first == 'data: {"i":0}'
+    assert second.startswith(
+        'event: error\ndata: {"type":"PydanticSerializationError","message":"Unable to serialize'
+    )
+    assert response.text.endswith("\n\n")

@@ -19,3 +19,11 @@ def opaque():
 
 def user_timeout():
     raise TimeoutError("upstream API timed out")
+
+
+def not_a_number():
+    return {"nan": float("nan"), "inf": float("inf"), "ok": 1.5}
+
+
+def first_match(items: list[int]):
+    return next(i for i in items if i > 10)  # raises StopIteration when nothing matches

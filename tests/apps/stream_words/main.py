@@ -64,3 +64,17 @@ async def aendless(marker: str):
 def count(n: int = 1000):
     for i in range(n):
         yield {"i": i}
+
+
+class Opaque:
+    pass
+
+
+def bad_chunk():
+    yield {"i": 0}
+    yield Opaque()
+
+
+async def abad_chunk():
+    yield {"i": 0}
+    yield Opaque()
