@@ -21,7 +21,7 @@ rewritten by every full `bench/run.py` run; the rest of this file is not.
 
 Reading the numbers:
 - Compare ratios, not absolute numbers: rounds interleave the variants on fresh processes, and
-  the ratio is taken within each round. A load average well above 0 at the start means other
+  the ratio is taken within each round. CPUs well above 0% busy just before the run mean other
   work shared the machine, which widens the spread of the per-round ratios.
 - The raw sync stream is Starlette's own way of streaming a sync generator: one threadpool hop
   per chunk. Cortex drives the generator from one worker thread and writes whatever frames have

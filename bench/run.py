@@ -20,6 +20,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -46,7 +47,7 @@ from wrk_load import WrkError, require_wrk, run_wrk, wrk_version
 RESULTS_PATH = BENCH_DIR / "results" / "latest.json"
 QUICK_RESULTS_PATH = BENCH_DIR / "results" / "quick.json"
 DOCS_PATH = REPO_DIR / "docs" / "benchmarks.md"
-BUSY_LOAD = 0.5
+BUSY_CPU = 0.10
 PACKAGES = ("starlette", "uvicorn", "uvloop", "httptools", "pydantic", "httpx")
 
 
@@ -90,6 +91,7 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
+        "cpu_busy_at_start": _cpu_busy(),
         "load_average_at_start": _load_average(),
         "pinning": f"server CPU {SERVER_CPU}, load CPU {LOAD_CPU}" if can_pin() else "none",
         "settings": {
@@ -102,6 +104,24 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
             "variants": args.variants.split(","),
         },
     }
+
+
+def _cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over `seconds`, from /proc/stat (None where there is none)."""
+    try:
+        first = _cpu_times()
+        time.sleep(seconds)
+        second = _cpu_times()
+    except (OSError, ValueError):
+        return None
+    idle, total = second[0] - first[0], second[1] - first[1]
+    return 1 - idle / total if total else None
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of the aggregate `cpu` line of /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
 
 
 def _load_average() -> list[float]:
@@ -247,6 +267,11 @@ def summarise(
     return [(s, report.summarise(rounds, v, s)) for s in scenarios for v in variants]
 
 
+def _format_busy(meta: dict[str, Any]) -> str:
+    busy = meta["cpu_busy_at_start"]
+    return "?" if busy is None else f"{busy:.0%}"
+
+
 def _format_load(meta: dict[str, Any]) -> str:
     return " / ".join(f"{value:.2f}" for value in meta["load_average_at_start"]) or "unknown"
 
@@ -258,7 +283,8 @@ def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]
         f"## Results ({meta['date']}, commit {meta['git_commit']})",
         f"{settings['rounds']} interleaved round(s) of {settings['duration_s']:g} s after "
         f"{settings['warmup_s']:g} s of warm-up; {meta['cpu_count']} CPUs ({meta['cpu_model']}); "
-        f"pinning: {meta['pinning']}; load average at start {_format_load(meta)}. "
+        f"pinning: {meta['pinning']}; CPUs {_format_busy(meta)} busy just before the run, "
+        f"load average {_format_load(meta)}. "
         "Ratios are medians of per-round ratios to raw Starlette.",
         ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
     ]
@@ -301,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             log(str(exc))
             return 2
     meta = collect_meta(args)
-    if meta["load_average_at_start"] and meta["load_average_at_start"][0] > BUSY_LOAD:
-        log(f"note: load average {meta['load_average_at_start'][0]:.2f}: the machine is not idle")
+    busy = meta["cpu_busy_at_start"]
+    if busy is not None and busy > BUSY_CPU:
+        log(f"note: the CPUs were {busy:.0%} busy before the run: other work shares the machine")
     rounds = run_rounds(args, scenarios)
     summaries = summarise(rounds, scenarios, args.variants.split(","))
     markdown = render(meta, summaries)

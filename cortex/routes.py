@@ -98,37 +98,34 @@ class FunctionRoutes:
 
     async def _call(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, send: Send) -> None:
         state = self.state
-        started = time.perf_counter()
+        clock = _RunClock()
         try:
             result = await run_with_deadline(
-                self._admit_and_invoke(spec, kwargs, run_id), state.grace_seconds
+                self._admit_and_invoke(spec, kwargs, run_id, clock), state.grace_seconds
             )
-            status, body = encode_result(run_id, _ms_since(started), result, spec.name)
-        except (RequestError, asyncio.CancelledError):
-            raise
+            status, body = encode_result(run_id, clock.elapsed_ms(), result, spec.name)
+        except RequestError:
+            raise  # rejected before it ran (429): answered by __call__
         except DeadlineExceeded:
             message = (
                 f"{spec.name}() did not finish within response_grace_period "
                 f"({state.grace_seconds:g} s); run {run_id} was abandoned."
             )
-            status, body = 504, encode_failure(run_id, _ms_since(started), "Timeout", message)
-        except ResultNotSerializableError as exc:
-            logger.error("run %s: %s", run_id, exc)
-            status, body = (
-                500,
-                encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc)),
-            )
+            status, body = 504, encode_failure(run_id, clock.elapsed_ms(), "Timeout", message)
         except Exception as exc:
-            logger.exception("%s() raised in run %s", spec.name, run_id)
-            status, body = (
-                500,
-                encode_failure(run_id, _ms_since(started), type(exc).__name__, str(exc)),
-            )
+            if isinstance(exc, ResultNotSerializableError):
+                logger.error("run %s: %s", run_id, exc)
+            else:
+                logger.exception("%s() raised in run %s", spec.name, run_id)
+            status, body = 500, encode_failure(run_id, clock.elapsed_ms(), type(exc).__name__, str(exc))
         await send_json(send, status, body, run_id)
 
-    async def _admit_and_invoke(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str) -> Any:
+    async def _admit_and_invoke(
+        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, clock: _RunClock
+    ) -> Any:
         gate = self.state.gate
         await gate.enter()
+        clock.start()  # run_time_ms is the function's time, not time spent waiting in line
         try:
             return await invoke(spec, kwargs, run_id, self.state.threads)
         finally:
@@ -221,5 +218,15 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     )
 
 
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+class _RunClock:
+    __slots__ = ("_started",)
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since start(); 0 when the function never started."""
+        return 0.0 if self._started is None else (time.perf_counter() - self._started) * 1000.0

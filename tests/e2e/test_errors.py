@@ -136,6 +136,8 @@ def test_in_flight_calls_never_exceed_replica_concurrency(serve):
         elapsed = time.monotonic() - started
     assert all(r.status_code == 200 for r in responses)
     assert elapsed >= 1.2  # 6 calls, 2 at a time, 0.4 s each: three waves
+    # run_time_ms is the function's own time: the last wave waited 0.8 s but ran for 0.4 s.
+    assert max(r.json()["run_time_ms"] for r in responses) < 1000
 
 
 def test_ready_is_503_until_main_py_is_imported(serve, monkeypatch):
