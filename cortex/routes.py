@@ -35,7 +35,7 @@ from cortex.responses import (
     send_json,
 )
 from cortex.state import ServingState
-from cortex.streaming import stream_async_generator, stream_sync_generator
+from cortex.streaming import encode_error_event, stream_async_generator, stream_sync_generator
 
 logger = logging.getLogger("cortex.calls")
 
@@ -165,15 +165,21 @@ class FunctionRoutes:
             pump = stream_async_generator(source, write, run_id)
         pumping = asyncio.ensure_future(pump)
         watching = asyncio.ensure_future(_wait_for_disconnect(receive))
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+        grace = self.state.grace_seconds
+        await asyncio.wait((pumping, watching), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         if pumping.done():
             watching.cancel()
             await pumping
             return
-        logger.info("Client left run %s; closing %s()", run_id, spec.name)
         pumping.cancel()  # the generator is closed in the pump's `finally`
         with contextlib.suppress(asyncio.CancelledError):
             await pumping
+        if watching.done():
+            logger.info("Client left run %s; closed %s()", run_id, spec.name)
+            return
+        watching.cancel()
+        message = f"{spec.name}() streamed past response_grace_period ({grace:g} s); the stream was ended."
+        await write(encode_error_event(TimeoutError(message), run_id, error_type="Timeout"))
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -45,8 +45,8 @@ def is_pre_framed(text: str) -> bool:
     return text.startswith(":") and text.endswith("\n")
 
 
-def encode_error_event(exc: BaseException, run_id: str) -> bytes:
-    payload = {"type": type(exc).__name__, "message": str(exc), "run_id": run_id}
+def encode_error_event(exc: BaseException, run_id: str, error_type: str | None = None) -> bytes:
+    payload = {"type": error_type or type(exc).__name__, "message": str(exc), "run_id": run_id}
     return b"event: error\ndata: " + encode_json(payload) + b"\n\n"
 
 

@@ -182,3 +182,17 @@ def test_stop_iteration_in_a_sync_function_is_a_500_not_a_hang(raises):
         "type": "RuntimeError",
         "message": "first_match() raised StopIteration",
     }
+
+
+def test_stream_past_response_grace_period_ends_with_a_timeout_event(serve):
+    with serve("slow") as served, served.client() as client:
+        response = client.post(f"{served.base}/drip", headers={"accept": "text/event-stream"})
+        assert served.state.gate.active == 0
+    events = response.text.split("\n\n")
+    assert events[0] == 'data: {"i":0}'
+    assert events[-1] == ""  # the stream ends cleanly, after a whole event
+    assert events[-2] == (
+        'event: error\ndata: {"type":"Timeout","message":"drip() streamed past response_grace_period '
+        f'(1 s); the stream was ended.","run_id":"{response.headers["x-request-id"]}"}}'
+    )
+    assert 5 <= len(events) - 2 <= 12  # about ten chunks in one second

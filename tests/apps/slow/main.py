@@ -15,3 +15,12 @@ async def asleep(seconds: float):
 
 def fast():
     return "ok"
+
+
+async def drip():
+    """Streams forever, one chunk every 0.1 s."""
+    i = 0
+    while True:
+        yield {"i": i}
+        i += 1
+        await asyncio.sleep(0.1)
