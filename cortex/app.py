@@ -64,7 +64,7 @@ def build_app(
     on_load_failed: OnLoadFailed | None = None,
 ) -> CortexApp:
     """The app; its lifespan imports main.py in a thread so /health answers during a slow load."""
-    openapi: dict[str, bytes] = {}
+    openapi: dict[str, tuple[int, bytes]] = {}  # "document": (status, body) once loaded
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -76,14 +76,15 @@ def build_app(
         return JSONResponse({"status": "ready", "functions": list(state.registry.functions)})
 
     async def openapi_json(request: Request) -> Response:
-        if "body" not in openapi:
+        if "document" not in openapi:
             return JSONResponse(
                 {"error": {"code": "not_ready", "message": NOT_READY_MESSAGE}}, status_code=503
             )
-        return Response(openapi["body"], media_type="application/json")
+        status, body = openapi["document"]
+        return Response(body, status_code=status, media_type="application/json")
 
-    def loaded(registry: Registry) -> None:
-        openapi["body"] = to_json(build_openapi(state.base_path, state.app_name, registry))
+    def loaded(registry: Registry, document: tuple[int, bytes]) -> None:
+        openapi["document"] = document
         state.registry = registry
         if on_loaded is not None:
             on_loaded(registry)
@@ -109,7 +110,11 @@ def build_app(
     return CortexApp(state, FunctionRoutes(state), starlette)
 
 
-async def _load(state: ServingState, loaded: OnLoaded, on_load_failed: OnLoadFailed | None) -> None:
+async def _load(
+    state: ServingState,
+    loaded: Callable[[Registry, tuple[int, bytes]], None],
+    on_load_failed: OnLoadFailed | None,
+) -> None:
     try:
         registry = await asyncio.to_thread(discover, state.app_dir)
     except CortexError as exc:
@@ -118,7 +123,17 @@ async def _load(state: ServingState, loaded: OnLoaded, on_load_failed: OnLoadFai
         else:
             on_load_failed(exc)
         return
-    loaded(registry)
+    loaded(registry, await asyncio.to_thread(_document, state, registry))
+
+
+def _document(state: ServingState, registry: Registry) -> tuple[int, bytes]:
+    """The OpenAPI document; a failure to describe the app never keeps it from serving."""
+    try:
+        return 200, to_json(build_openapi(state.base_path, state.app_name, registry))
+    except Exception as exc:
+        logger.exception("Could not build the OpenAPI document")
+        message = f"The OpenAPI document could not be built: {type(exc).__name__}: {exc}"
+        return 500, to_json({"error": {"code": "openapi_failed", "message": message}})
 
 
 async def _http_error(request: Request, exc: Any) -> Response:
