@@ -1,0 +1,93 @@
+"""The JobStore interface every store implements (SQLite here; Redis in a later issue)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cortex.jobs.models import Delivery, Outcome, Run, RunRequest, RunStatus
+
+
+class JobStore(Protocol):
+    """Durable runs, their stream events and the webhook outbox.
+
+    Every method is a coroutine; an implementation keeps blocking I/O off the event loop.
+    Times are UNIX seconds passed in by the caller (so tests can set the clock).
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, request: RunRequest, max_pending: int) -> tuple[Run, bool]:
+        """Commit a new pending run; (run, True) once it is durable.
+
+        With an idempotency key seen before: (that run, False) when the body hash matches,
+        IdempotencyConflictError when it does not. OverloadedError when `max_pending` runs are
+        already pending.
+        """
+        ...
+
+    async def get(self, run_id: str) -> Run | None: ...
+
+    async def list_runs(
+        self, status: RunStatus | None, function: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        """Newest first; the second value is the cursor of the next page, None at the end."""
+        ...
+
+    async def claim(self, now: float, lease_seconds: float) -> Run | None:
+        """The oldest pending run, now processing under a lease, with its attempt number + 1."""
+        ...
+
+    async def heartbeat(self, run_id: str, attempt: int, lease_until: float) -> bool:
+        """Extend the lease; False when the attempt is no longer current (cancelled, re-queued)."""
+        ...
+
+    async def finish(self, run_id: str, attempt: int, outcome: Outcome, now: float) -> Run | None:
+        """Record the outcome of the current attempt of a processing run, and in the same
+        transaction queue its webhook delivery. None (nothing written) when the run is already
+        terminal or the attempt is stale."""
+        ...
+
+    async def record_finished(self, request: RunRequest, outcome: Outcome, now: float) -> Run:
+        """A run that already ran elsewhere (a sync call with a webhook): stored terminal, its
+        webhook queued, in one transaction."""
+        ...
+
+    async def cancel(self, run_id: str, now: float) -> tuple[Run | None, RunStatus | None]:
+        """Cancel a pending or processing run (its webhook queued in the same transaction).
+
+        Returns (run after the call, status before it); (None, None) for an unknown run. A
+        terminal run is returned unchanged.
+        """
+        ...
+
+    async def recover(self, now: float, max_attempts: int) -> tuple[int, int]:
+        """Processing runs whose lease ran out: back to pending, or failed with error type
+        `Interrupted` once `max_attempts` attempts were made. Returns (requeued, failed)."""
+        ...
+
+    async def append_events(self, run_id: str, attempt: int, first_seq: int, chunks: list[bytes]) -> bool:
+        """Record stream chunks numbered first_seq, first_seq + 1, ...; False if the attempt is stale."""
+        ...
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]: ...
+
+    async def claim_deliveries(self, now: float, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Deliveries due now, leased so that no other dispatcher sends them meanwhile."""
+        ...
+
+    async def record_delivery(
+        self,
+        delivery_id: str,
+        attempts: int,
+        delivered: bool,
+        next_attempt_at: float | None,
+        error: str | None,
+    ) -> None:
+        """After an attempt: delivered, retried at `next_attempt_at`, or failed for good (None)."""
+        ...
+
+    async def sweep_expired(self, now: float) -> int:
+        """Delete terminal runs past their TTL (with their events and deliveries); the count."""
+        ...
