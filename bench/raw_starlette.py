@@ -1,4 +1,4 @@
-"""The ceiling for bench/run.py: plain Starlette routes doing the same work as `cortex serve`.
+"""The baseline for bench/run.py: plain Starlette routes doing the same work as `cortex serve`.
 
 Routes sit at the paths Cortex uses (/v4/p-local/bench/<function>) and call the very functions
 of bench/apps/trivial/main.py, like for like: a sync function runs in Starlette's threadpool, an

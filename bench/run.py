@@ -1,9 +1,10 @@
-"""Benchmark `cortex serve` against raw Starlette in one run of interleaved rounds.
+"""Benchmark `cortex serve` against raw Starlette and bare ASGI in one run of interleaved rounds.
 
 Each round starts every variant as its own subprocess (server pinned to CPU 0, load generator to
 CPU 1), sanity-checks every function once, then loads it: wrk for request/response (req/s,
-p50/p99), bench/sse_load.py for streams (events/s). Rounds interleave the variants (A B A B ...)
-and the report gives medians over rounds and the median of the per-round ratios to raw Starlette.
+p50/p99), bench/sse_load.py for streams (events/s). Rounds interleave the variants (A B C A B C
+...) and the report gives medians over rounds and the medians of the per-round ratios to raw
+Starlette (the target) and to bare ASGI (the harder ceiling).
 
     .venv/bin/python bench/run.py                       # 3 rounds of 10 s, writes the docs
     .venv/bin/python bench/run.py --quick --variants raw   # smoke test of the harness
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load")
     parser.add_argument("--only", choices=["rr", "sse"], help="request/response or SSE only")
-    parser.add_argument("--variants", default="raw,cortex", help="comma list of raw, cortex")
+    parser.add_argument("--variants", default="raw,asgi,cortex", help="comma list of raw, asgi, cortex")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--streams", type=int, default=16, help="concurrent SSE streams")
     parser.add_argument("--events", type=int, default=1000, help="events per SSE stream")
@@ -285,7 +286,8 @@ def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]
         f"{settings['warmup_s']:g} s of warm-up; {meta['cpu_count']} CPUs ({meta['cpu_model']}); "
         f"pinning: {meta['pinning']}; CPUs {_format_busy(meta)} busy just before the run, "
         f"load average {_format_load(meta)}. "
-        "Ratios are medians of per-round ratios to raw Starlette.",
+        "Ratios are medians of per-round ratios to raw Starlette (the target) and, when it ran, "
+        "to bare ASGI (a hand-written ASGI callable: the harder ceiling).",
         ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
     ]
     rr = [(s, x) for s, x in summaries if s.kind == "rr"]

@@ -40,13 +40,17 @@ class Variant:
     prefix: str
 
     def command(self, port: int) -> list[str]:
-        if self.name == "raw":
-            return [sys.executable, str(BENCH_DIR / "raw_starlette.py"), "--port", str(port)]
+        script = BASELINE_SCRIPTS.get(self.name)
+        if script is not None:
+            return [sys.executable, str(BENCH_DIR / script), "--port", str(port)]
         return [*cortex_cli(), "serve", str(APP_DIR), "--host", "127.0.0.1", "--port", str(port)]
 
 
+# The baselines Cortex is compared with, each a script taking --port; any other variant is cortex.
+BASELINE_SCRIPTS = {"raw": "raw_starlette.py", "asgi": "raw_asgi.py"}
 VARIANTS = {
     "raw": Variant("raw", "raw Starlette", "/v4/p-local/bench"),
+    "asgi": Variant("asgi", "bare ASGI", "/v4/p-local/bench"),
     "cortex": Variant("cortex", "cortex serve", "/v4/p-local/bench"),
 }
 
