@@ -54,6 +54,20 @@ class ValidationFailedError(RequestError):
     code = "validation_error"
 
 
+class IdempotencyConflictError(RequestError):
+    """An Idempotency-Key reused with a different body."""
+
+    status = 422
+    code = "idempotency_conflict"
+
+
+class WebhookRefusedError(RequestError):
+    """A webhook URL that is malformed or points at a non-public address."""
+
+    status = 422
+    code = "webhook_refused"
+
+
 class NotFoundError(RequestError):
     status = 404
     code = "not_found"
@@ -83,6 +97,10 @@ class NotReadyError(RequestError):
     status = 503
     code = "not_ready"
     retry_after = 5
+
+
+class StoreError(CortexError):
+    """The job store cannot be opened or used (bad CORTEX_STORE, unreadable file)."""
 
 
 class ResultNotSerializableError(CortexError):
