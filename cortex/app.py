@@ -17,13 +17,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from cortex.discovery import Registry, discover
+from cortex.discovery import FunctionSpec, Registry, discover
 from cortex.errors import CortexError
+from cortex.jobs.ssrf import parse_allow_cidrs
+from cortex.jobs.store import store_from_url
+from cortex.jobs.webhooks import (
+    DEFAULT_RETRY_SCHEDULE,
+    WebhookDispatcher,
+    load_or_create_secret,
+    parse_retry_schedule,
+)
+from cortex.jobs.worker import RunWorker, WorkerTimings
 from cortex.openapi import build_openapi
 from cortex.routes import NOT_READY_MESSAGE, FunctionRoutes
-from cortex.state import ServingState
+from cortex.run_routes import RunRoutes
+from cortex.state import JobsRuntime, ServingState
 
 logger = logging.getLogger("cortex")
+
+STATE_DIR = ".cortex"  # beside main.py: the default run store and the webhook secret
 
 OnLoaded = Callable[[Registry], None]
 OnLoadFailed = Callable[[CortexError], None]
@@ -93,7 +105,8 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.ensure_future(_load(state, loaded, on_load_failed))
         try:
-            yield
+            async with _job_engine(state):
+                yield
         finally:
             loading.cancel()
             state.threads.shutdown()
@@ -108,6 +121,58 @@ def build_app(
         lifespan=lifespan,
     )
     return CortexApp(state, FunctionRoutes(state), starlette)
+
+
+@contextlib.asynccontextmanager
+async def _job_engine(state: ServingState) -> AsyncIterator[None]:
+    """Open the store; run the worker (once main.py is loaded) and the webhook dispatcher."""
+    settings = state.settings
+    store = store_from_url(settings.store, state.app_dir / STATE_DIR)
+    allow = tuple(parse_allow_cidrs(settings.webhook_allow_cidrs or ""))
+    schedule = (
+        parse_retry_schedule(settings.webhook_retry_schedule)
+        if settings.webhook_retry_schedule
+        else DEFAULT_RETRY_SCHEDULE
+    )
+    secret, secret_path = load_or_create_secret(settings.webhook_secret, state.app_dir / STATE_DIR)
+    if secret_path is not None:
+        logger.info("Webhooks are signed with the secret in %s (or set CORTEX_WEBHOOK_SECRET)", secret_path)
+    await store.open()
+    dispatcher = WebhookDispatcher(store, secret, schedule, allow)
+
+    def lookup(name: str) -> FunctionSpec | None:
+        return None if state.registry is None else state.registry.functions.get(name)
+
+    worker = RunWorker(
+        store,
+        lookup,
+        state.gate,
+        state.threads,
+        state.grace_seconds,
+        settings.max_attempts,
+        WorkerTimings.for_lease(settings.run_lease_seconds),
+        on_finished=dispatcher.wake,
+    )
+    state.jobs = JobsRuntime(store, worker, RunRoutes(store, worker, state.base_path), allow, dispatcher.wake)
+    loops = [
+        asyncio.ensure_future(dispatcher.run_forever()),
+        asyncio.ensure_future(_start_when_loaded(state, worker)),
+    ]
+    try:
+        yield
+    finally:
+        for task in loops:
+            task.cancel()
+        await worker.stop()
+        await dispatcher.aclose()
+        await store.close()
+
+
+async def _start_when_loaded(state: ServingState, worker: RunWorker) -> None:
+    """Runs wait in the store until main.py is imported: their functions must exist first."""
+    while state.registry is None:
+        await asyncio.sleep(0.05)
+    worker.start()
 
 
 async def _load(

@@ -45,6 +45,12 @@ def cli() -> None:
     default=None,
     help="Project id in the URL path (env CORTEX_PROJECT_ID).  [default: p-local]",
 )
+@click.option(
+    "--store",
+    envvar="CORTEX_STORE",
+    default=None,
+    help="Where async runs are kept (env CORTEX_STORE).  [default: sqlite:///APP_DIR/.cortex/runs.db]",
+)
 @click.option("--reload", is_flag=True, help="Restart when files in APP_DIR change (development only).")
 @click.option("--debug", is_flag=True, help="Debug logging, and full tracebacks for startup errors.")
 @click.option(
@@ -57,6 +63,7 @@ def serve(
     host: str,
     port: int,
     project_id: str | None,
+    store: str | None,
     reload: bool,
     debug: bool,
     access_log: bool,
@@ -69,7 +76,7 @@ def serve(
     from cortex.server import ServeOptions
     from cortex.server import serve as run_server
 
-    options = ServeOptions(app_dir, host, port, project_id, reload, debug, access_log)
+    options = ServeOptions(app_dir, host, port, project_id, store, reload, debug, access_log)
     sys.exit(_run(lambda: run_server(options), debug))
 
 

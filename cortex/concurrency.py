@@ -117,11 +117,15 @@ class AdmissionGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def enter(self) -> None:
+    async def enter(self, wait_in_line: bool = False) -> None:
+        """Take a slot, waiting in line for one; OverloadedError when the line is full.
+
+        `wait_in_line` always waits (the async-run worker: its runs are already queued).
+        """
         if self.active < self.limit and not self._waiters:
             self.active += 1
             return
-        if len(self._waiters) >= self.max_waiting:
+        if len(self._waiters) >= self.max_waiting and not wait_in_line:
             raise OverloadedError(
                 f"Too many requests: {self.active} running and {len(self._waiters)} waiting "
                 f"(replica_concurrency={self.limit}, CORTEX_MAX_QUEUE={self.max_waiting}). "

@@ -378,6 +378,12 @@ class Settings:
     max_queue: int = 1000  # waiting requests allowed beyond replica_concurrency
     max_body_bytes: int = 64 * 1024 * 1024
     debug: bool = False
+    store: str | None = None  # None: sqlite:///<APP_DIR>/.cortex/runs.db
+    max_attempts: int = 3  # tries of an async run the server died during
+    run_lease_seconds: int = 15  # a run whose worker stops heart-beating this long runs again
+    webhook_secret: str | None = None  # whsec_...; None: generated once, kept in the state dir
+    webhook_retry_schedule: str | None = None  # "1,5,30": seconds between delivery attempts
+    webhook_allow_cidrs: str | None = None  # "127.0.0.0/8": networks webhooks may target anyway
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -416,6 +422,12 @@ def _integer(label: str, raw: object, minimum: int, expected: str) -> int:
     return value
 
 
+def _text(label: str, raw: object, expected: str) -> str:
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()
+    raise ConfigError(f"{label}: expected {expected}, got {raw!r}")
+
+
 def _flag(label: str, raw: object) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -432,4 +444,10 @@ _SETTING_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_queue": lambda label, raw: _integer(label, raw, 0, "a non-negative integer"),
     "max_body_bytes": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
     "debug": _flag,
+    "store": lambda label, raw: _text(label, raw, "a store URL such as sqlite:///path/runs.db"),
+    "max_attempts": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
+    "run_lease_seconds": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
+    "webhook_secret": lambda label, raw: _text(label, raw, "a secret such as whsec_<base64>"),
+    "webhook_retry_schedule": lambda label, raw: _text(label, raw, "seconds such as 1,5,30"),
+    "webhook_allow_cidrs": lambda label, raw: _text(label, raw, "networks such as 127.0.0.0/8"),
 }

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_json
-from starlette.types import Send
+from pydantic_core import PydanticSerializationError
+from starlette.types import Receive, Send
 
 from cortex.errors import RequestError, ResultNotSerializableError
+from cortex.serialization import encode_json
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -18,11 +19,6 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
 ]
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact JSON; NaN and infinities become null, since JSON has no spelling for them."""
-    return to_json(value, inf_nan_mode="null")
 
 
 def encode_result(run_id: str, run_time_ms: float, result: Any, function: str) -> tuple[int, bytes]:
@@ -77,3 +73,9 @@ async def send_json(
     headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Returns when the client has gone (the request body must already have been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

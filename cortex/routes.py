@@ -27,14 +27,19 @@ from cortex.errors import (
     ResultNotSerializableError,
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
+from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
+from cortex.jobs.ssrf import check_webhook_url_async
 from cortex.responses import (
     SSE_HEADERS,
     encode_failure,
     encode_request_error,
     encode_result,
     send_json,
+    wait_for_disconnect,
 )
-from cortex.state import ServingState
+from cortex.run_routes import NO_OPTIONS, CallOptions, new_run_request, parse_call_options
+from cortex.serialization import encode_json
+from cortex.state import JobsRuntime, ServingState
 from cortex.streaming import encode_error_event, stream_async_generator, stream_sync_generator
 
 logger = logging.getLogger("cortex.calls")
@@ -55,10 +60,17 @@ class FunctionRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run_id = str(uuid.uuid4())
         try:
-            spec = self._resolve(scope)
+            rest = self._check_project_and_app(scope["path"])
+            if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
+                await self._jobs().runs.handle(scope, receive, send, rest[1:])
+                return
+            spec = self._function(rest, scope["method"])
             body, wants_sse = await _read_request(scope, receive, self.state.settings.max_body_bytes)
             kwargs = parse_arguments(spec, body)
-            if wants_sse and spec.kind.is_streaming:
+            options = parse_call_options(scope)
+            if options is not NO_OPTIONS:
+                await self._call_with_options(spec, kwargs, body, run_id, options, send)
+            elif wants_sse and spec.kind.is_streaming:
                 await self._stream(spec, kwargs, run_id, receive, send)
             else:
                 await self._call(spec, kwargs, run_id, send)
@@ -70,8 +82,9 @@ class FunctionRoutes:
         except ClientDisconnectedError:
             return
 
-    def _resolve(self, scope: Scope) -> FunctionSpec:
-        parts = scope["path"].split("/")  # ['', 'v4', project, app, function]
+    def _check_project_and_app(self, path: str) -> list[str]:
+        """The path segments after /v4/{project}/{app}/, once both are this server's."""
+        parts = path.split("/")  # ['', 'v4', project, app, ...]
         state = self.state
         if len(parts) < 4 or parts[2] != state.project_id:
             project = parts[2] if len(parts) > 2 else ""
@@ -84,19 +97,53 @@ class FunctionRoutes:
                 f"Unknown app '{parts[3]}': this server serves app '{state.app_name}' "
                 f"at {state.base_path}/<function>."
             )
-        registry = state.registry
+        return parts[4:]
+
+    def _function(self, rest: list[str], method: str) -> FunctionSpec:
+        registry = self.state.registry
         if registry is None:
             raise NotReadyError(NOT_READY_MESSAGE)
-        name = parts[4] if len(parts) == 5 else "/".join(parts[4:]).rstrip("/")
+        name = rest[0] if len(rest) == 1 else "/".join(rest).rstrip("/")
         spec = registry.functions.get(name)
         if spec is None:
             public = ", ".join(registry.functions) or "none"
             raise NotFoundError(f"No function '{name}' in main.py. Public functions: {public}.")
-        if scope["method"] != "POST":
-            raise MethodNotAllowedError(f"Use POST to call {name}(); got {scope['method']}.")
+        if method != "POST":
+            raise MethodNotAllowedError(f"Use POST to call {name}(); got {method}.")
         return spec
 
-    async def _call(self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, send: Send) -> None:
+    def _jobs(self) -> JobsRuntime:
+        if self.state.jobs is None:
+            raise NotReadyError(NOT_READY_MESSAGE)
+        return self.state.jobs
+
+    async def _call_with_options(
+        self,
+        spec: FunctionSpec,
+        kwargs: dict[str, Any],
+        body: bytes,
+        run_id: str,
+        options: CallOptions,
+        send: Send,
+    ) -> None:
+        """`?async=true` and/or `webhookEndpoint`: the run is recorded in the job store."""
+        jobs = self._jobs()
+        if options.webhook_url is not None:
+            await check_webhook_url_async(options.webhook_url, jobs.webhook_allow)
+        request = new_run_request(spec, body, run_id, options, time.time())
+        if options.run_async:
+            await jobs.runs.submit(request, self.state.settings.max_queue, send)
+        else:
+            await self._call(spec, kwargs, run_id, send, webhook=request)
+
+    async def _call(
+        self,
+        spec: FunctionSpec,
+        kwargs: dict[str, Any],
+        run_id: str,
+        send: Send,
+        webhook: RunRequest | None = None,
+    ) -> None:
         state = self.state
         clock = _RunClock()
         try:
@@ -104,6 +151,7 @@ class FunctionRoutes:
                 self._admit_and_invoke(spec, kwargs, run_id, clock), state.grace_seconds
             )
             status, body = encode_result(run_id, clock.elapsed_ms(), result, spec.name)
+            error = None
         except RequestError:
             raise  # rejected before it ran (429): answered by __call__
         except DeadlineExceeded:
@@ -111,13 +159,18 @@ class FunctionRoutes:
                 f"{spec.name}() did not finish within response_grace_period "
                 f"({state.grace_seconds:g} s); run {run_id} was abandoned."
             )
-            status, body = 504, encode_failure(run_id, clock.elapsed_ms(), "Timeout", message)
+            error = RunError("Timeout", message)
+            status, body = 504, encode_failure(run_id, clock.elapsed_ms(), error.type, message)
         except Exception as exc:
             if isinstance(exc, ResultNotSerializableError):
                 logger.error("run %s: %s", run_id, exc)
             else:
                 logger.exception("%s() raised in run %s", spec.name, run_id)
-            status, body = 500, encode_failure(run_id, clock.elapsed_ms(), type(exc).__name__, str(exc))
+            error = RunError(type(exc).__name__, str(exc))
+            status, body = 500, encode_failure(run_id, clock.elapsed_ms(), error.type, error.message)
+        if webhook is not None:  # recorded before we answer, so the webhook cannot be lost
+            outcome = _outcome(clock.elapsed_ms(), result if error is None else None, error)
+            await self._jobs().record_finished(webhook, outcome)
         await send_json(send, status, body, run_id)
 
     async def _admit_and_invoke(
@@ -164,7 +217,7 @@ class FunctionRoutes:
             assert isinstance(source, AsyncIterator)
             pump = stream_async_generator(source, write, run_id)
         pumping = asyncio.ensure_future(pump)
-        watching = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watching = asyncio.ensure_future(wait_for_disconnect(receive))
         grace = self.state.grace_seconds
         await asyncio.wait((pumping, watching), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         if pumping.done():
@@ -180,11 +233,6 @@ class FunctionRoutes:
         watching.cancel()
         message = f"{spec.name}() streamed past response_grace_period ({grace:g} s); the stream was ended."
         await write(encode_error_event(TimeoutError(message), run_id, error_type="Timeout"))
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _read_request(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, bool]:
@@ -222,6 +270,12 @@ def _too_large(limit: int) -> PayloadTooLargeError:
         f"The request body is larger than {limit} bytes (CORTEX_MAX_BODY_BYTES). "
         "Send less, or raise the limit."
     )
+
+
+def _outcome(run_time_ms: float, result: Any, error: RunError | None) -> Outcome:
+    if error is not None:
+        return Outcome(RunStatus.FAILED, run_time_ms, error=error)
+    return Outcome(RunStatus.COMPLETED, run_time_ms, result_json=encode_json(result))
 
 
 class _RunClock:

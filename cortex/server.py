@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import os
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     project_id: str | None = None  # None: CORTEX_PROJECT_ID, else p-local
+    store: str | None = None  # None: CORTEX_STORE, else the app's own SQLite file
     reload: bool = False
     debug: bool = False
     access_log: bool = False
@@ -44,7 +47,7 @@ class ServeOptions:
 def serve(options: ServeOptions) -> int:
     """Serve until stopped; the exit code is non-zero when main.py failed to load."""
     loaded = load_config(options.app_dir)  # fail fast, before a port is bound
-    settings = load_settings(project_id=options.project_id, debug=options.debug or None)
+    settings = load_settings(project_id=options.project_id, store=options.store, debug=options.debug or None)
     sock = bind_socket(options.host, options.port)
     options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
     _print_start(options, loaded, settings)
@@ -89,7 +92,7 @@ def reloadable_app() -> CortexApp:
     """uvicorn's factory in a `--reload` child: the parent's options, read back."""
     fields = json.loads(os.environ[_RELOAD_OPTIONS])
     options = ServeOptions(**{**fields, "app_dir": Path(fields["app_dir"])})
-    settings = load_settings(project_id=options.project_id, debug=options.debug or None)
+    settings = load_settings(project_id=options.project_id, store=options.store, debug=options.debug or None)
     state = ServingState(options.app_dir, load_config(options.app_dir).config, settings)
     return build_app(state, _announce(options, state))
 
@@ -134,16 +137,37 @@ def _print_start(options: ServeOptions, loaded: LoadedConfig, settings: Settings
     )
 
 
-def _announce(options: ServeOptions, state: ServingState) -> Any:
+def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry], None]:
+    """Print the endpoints once main.py is loaded *and* the server accepts connections."""
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     base_url = f"http://{host}:{options.port}{state.base_path}"
 
-    def on_loaded(registry: Registry) -> None:
+    async def print_when_serving(registry: Registry) -> None:
+        await _until_accepting(host, options.port)  # the import can beat uvicorn's startup
         for line in describe_endpoints(base_url, registry):
             console.print(line, markup=False)
         console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
 
+    def on_loaded(registry: Registry) -> None:
+        task = asyncio.ensure_future(print_when_serving(registry))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
     return on_loaded
+
+
+async def _until_accepting(host: str, port: int) -> None:
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+
+
+_background: set[asyncio.Future[None]] = set()  # keeps the printing task referenced until done
 
 
 def _log_config(debug: bool) -> dict[str, Any]:

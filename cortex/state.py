@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import ipaddress
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cortex.concurrency import AdmissionGate, ThreadRunner
 from cortex.config import CerebriumConfig, Settings
 from cortex.discovery import Registry
+from cortex.jobs.models import Outcome, RunRequest
+from cortex.jobs.store import JobStore
+from cortex.jobs.worker import RunWorker
+from cortex.run_routes import RunRoutes
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Threads beyond replica_concurrency: a call past its deadline keeps its thread until the user
 # code returns (Python cannot kill a thread), and new calls should not queue behind it.
 SPARE_THREADS = 8
+
+
+@dataclass
+class JobsRuntime:
+    """The durable-run machinery, opened by the app's lifespan."""
+
+    store: JobStore
+    worker: RunWorker
+    runs: RunRoutes
+    webhook_allow: tuple[IPNetwork, ...]
+    wake_dispatcher: Callable[[], None]
+
+    async def record_finished(self, request: RunRequest, outcome: Outcome) -> None:
+        """A sync call that asked for a webhook: stored terminal, delivered by the dispatcher."""
+        await self.store.record_finished(request, outcome, time.time())
+        self.wake_dispatcher()
 
 
 @dataclass
@@ -20,6 +45,7 @@ class ServingState:
     config: CerebriumConfig
     settings: Settings
     registry: Registry | None = None  # None until main.py is imported (see /ready)
+    jobs: JobsRuntime | None = None  # None until the job store is open
     gate: AdmissionGate = field(init=False)
     threads: ThreadRunner = field(init=False)
 

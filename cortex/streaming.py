@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from cortex.concurrency import ThreadRunner, call_soon_if_open
-from cortex.responses import encode_json
+from cortex.serialization import encode_json
 
 logger = logging.getLogger("cortex.stream")
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +33,7 @@ APPS = TESTS / "apps"
 REPO = TESTS.parent
 EXAMPLES = REPO / "examples"
 CORTEX = [sys.executable, "-m", "cortex"]
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"cortex-tests-webhook-secret-0123").decode()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -56,6 +61,9 @@ class Served:
 def serving(app_dir: Path, wait_ready: bool = True, **settings: Any) -> Iterator[Served]:
     """Serve an app dir in this process on 127.0.0.1 with a kernel-chosen port."""
     config = load_config(app_dir).config
+    scratch = Path(tempfile.mkdtemp(prefix="cortex-store-"))
+    settings.setdefault("store", f"sqlite:///{scratch / 'runs.db'}")  # each server its own runs
+    settings.setdefault("webhook_secret", TEST_WEBHOOK_SECRET)
     state = ServingState(app_dir, config, load_settings(**settings))
     app = build_app(state)
     sock = socket.socket()
@@ -73,6 +81,7 @@ def serving(app_dir: Path, wait_ready: bool = True, **settings: Any) -> Iterator
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
@@ -172,3 +181,55 @@ def run_cortex(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.Com
     return subprocess.run(
         [*CORTEX, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
     )
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """A real HTTP server that records what it is sent; `responses` scripts its status codes."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.responses: list[int] = []  # popped per request; 200 when empty
+        self.url = ""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append(Received(headers, body))
+        status = self.responses.pop(0) if self.responses else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
+        wait_for(lambda: len(self.received) >= count, timeout, f"{count} webhook(s)")
+        return self.received
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(receiver, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=10, what="the webhook receiver")
+    receiver.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    yield receiver
+    server.should_exit = True
+    thread.join(timeout=10)

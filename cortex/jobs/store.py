@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
+from cortex.errors import StoreError
 from cortex.jobs.models import Delivery, Outcome, Run, RunRequest, RunStatus
 
 
@@ -91,3 +93,20 @@ class JobStore(Protocol):
     async def sweep_expired(self, now: float) -> int:
         """Delete terminal runs past their TTL (with their events and deliveries); the count."""
         ...
+
+
+DEFAULT_STORE_FILE = "runs.db"
+
+
+def store_from_url(url: str | None, state_dir: Path) -> JobStore:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir."""
+    from cortex.jobs.sqlite_store import SQLiteJobStore  # lazily: Redis stores will need extras
+
+    if url is None:
+        return SQLiteJobStore(state_dir / DEFAULT_STORE_FILE)
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return SQLiteJobStore(Path(url[len("sqlite:///") :]))
+    raise StoreError(
+        f"CORTEX_STORE: unsupported store URL {url!r}. Use sqlite:///path/to/runs.db "
+        "(sqlite:////abs/path for an absolute path)."
+    )

@@ -54,7 +54,10 @@ def test_startup_prints_each_endpoint_with_a_curl_line_and_import_time(cortex_pr
 def test_every_example_serves_and_answers(cortex_process, example, function, body, expected):
     server = cortex_process("serve", str(EXAMPLES / example), "--port", "0")
     url = server.wait_ready()
-    response = httpx.post(f"{url}/v4/p-local/{example}/{function}", json=body)
+    try:
+        response = httpx.post(f"{url}/v4/p-local/{example}/{function}", json=body)
+    except httpx.ConnectError:
+        raise AssertionError(server.output) from None
     assert response.status_code == 200, response.text
     assert response.json()["result"] == expected
 
