@@ -163,7 +163,7 @@ async def _job_engine(state: ServingState) -> AsyncIterator[None]:
     finally:
         for task in loops:
             task.cancel()
-        await worker.stop()
+        await worker.stop(drain_seconds=state.grace_seconds)
         await dispatcher.aclose()
         await store.close()
 

@@ -126,7 +126,7 @@ def _create_secret(path: Path) -> str:
             file.write(secret + "\n")
         os.link(scratch, path)
     except FileExistsError:
-        return path.read_text().strip()
+        return _require_secret(path.read_text().strip(), str(path))
     finally:
         scratch.unlink(missing_ok=True)
     return secret

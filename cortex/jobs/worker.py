@@ -83,11 +83,18 @@ class RunWorker:
             asyncio.ensure_future(self._every(self.timings.sweep, self._sweep)),
         ]
 
-    async def stop(self) -> None:
-        """Stop claiming; cancel running attempts (their leases expire and they run again)."""
-        for task in [*self._loops, *self.running.values()]:
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop claiming; let running attempts finish for up to `drain_seconds`, then cancel
+        them (they stay claimed until their lease runs out, then run again)."""
+        for task in self._loops:
             task.cancel()
-        for task in [*self._loops, *self.running.values()]:
+        if self.running and drain_seconds > 0:
+            logger.info("Waiting up to %g s for %d running async run(s)", drain_seconds, len(self.running))
+            await asyncio.wait(list(self.running.values()), timeout=drain_seconds)
+        tasks = [*self._loops, *self.running.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
