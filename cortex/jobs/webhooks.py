@@ -293,7 +293,7 @@ class WebhookDispatcher:
         *,
         client: httpx.AsyncClient | None = None,
         concurrency: int = 16,
-        batch: int = 64,
+        batch: int = 16,
         timeout: float = DELIVERY_TIMEOUT,
         resolve: AsyncResolver = resolve_host_async,
     ) -> None:
@@ -310,8 +310,9 @@ class WebhookDispatcher:
         self._timeout = timeout
         self._resolve = resolve
         self._wakeup = asyncio.Event()
-        # Claimed deliveries wait for a slot, then resolve and send: the lease must outlast that.
-        self.lease_seconds = math.ceil(batch / concurrency) * (timeout + RESOLVE_TIMEOUT) + 30
+        # Claimed deliveries wait for a slot, then resolve and send: the lease must outlast that,
+        # and no more, since after a crash another dispatcher waits it out before resending.
+        self.lease_seconds = math.ceil(batch / concurrency) * (timeout + RESOLVE_TIMEOUT) + 5
 
     async def run_once(self) -> int:
         """Attempt every delivery due now; the number attempted."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import APPS, TEST_WEBHOOK_SECRET, CortexProcess, WebhookReceiver, wait_for
 
@@ -45,6 +46,7 @@ def _statuses(base: str, run_ids: list[str]) -> dict[str, str]:
         return {run_id: client.get(f"{base}/runs/{run_id}").json()["status"] for run_id in run_ids}
 
 
+@pytest.mark.timeout(180)  # a delivery in flight at a kill waits out its lease (~25 s) first
 def test_kill_9_mid_way_loses_no_accepted_run(tmp_path: Path, webhook_receiver: WebhookReceiver):
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     env = _environment()

@@ -318,3 +318,27 @@ def test_sync_generator_run_records_its_chunks(jobs):
     assert poll_until_done(jobs, run_id)["result"] == ["x", "y"]
     with jobs.client() as client:
         assert client.get(f"{jobs.base}/runs/{run_id}/events").text == "id: 0\ndata: x\n\nid: 1\ndata: y\n\n"
+
+
+def test_async_run_past_response_grace_period_fails_with_timeout():
+    with serving(APPS / "slow") as served:  # response_grace_period = 1
+        run_id = submit(served, "asleep", {"seconds": 5}).json()["run_id"]
+        run = poll_until_done(served, run_id)
+    assert run["status"] == "failed"
+    assert run["error"] == {
+        "type": "Timeout",
+        "message": "asleep() did not finish within response_grace_period (1 s).",
+    }
+
+
+def test_async_runs_share_the_concurrency_limit_with_sync_calls(jobs):
+    # replica_concurrency = 2: two long async runs hold both slots, so a sync call waits for one
+    for _ in range(2):
+        submit(jobs, "asleep", {"seconds": 1})
+    time.sleep(0.3)
+    with jobs.client() as client:
+        started = time.monotonic()
+        response = client.post(f"{jobs.base}/add", json={"a": 1, "b": 1})
+        waited = time.monotonic() - started
+    assert response.status_code == 200
+    assert waited > 0.4
