@@ -11,11 +11,13 @@ from pydantic_core import to_jsonable_python
 
 from cortex import __version__
 from cortex.discovery import FunctionSpec, Registry
+from cortex.openapi_runs import CALL_PARAMETERS, RUN_SCHEMA, run_paths
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 # Cortex's own components, named so that a user's `Error` model cannot replace them.
 ERROR_SCHEMA = "CortexError"
 FAILURE_SCHEMA = "CortexRunFailure"
+RUN_SCHEMA_NAME = "CortexRun"
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -59,11 +61,17 @@ _REJECTIONS = {
 def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str, Any]:
     specs = list(registry.functions.values())
     requests, results, definitions = _generate_schemas(specs)
-    schemas = {**definitions, ERROR_SCHEMA: _ERROR_SCHEMA, FAILURE_SCHEMA: _FAILURE_SCHEMA}
+    schemas = {
+        **definitions,
+        ERROR_SCHEMA: _ERROR_SCHEMA,
+        FAILURE_SCHEMA: _FAILURE_SCHEMA,
+        RUN_SCHEMA_NAME: RUN_SCHEMA,
+    }
     paths = {
         f"{base_path}/{spec.name}": {"post": _operation(spec, requests[spec.name], results[spec.name])}
         for spec in specs
     }
+    paths.update(run_paths(base_path, _ref(RUN_SCHEMA_NAME), _ref(ERROR_SCHEMA)))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -148,10 +156,22 @@ def _operation(spec: FunctionSpec, request: dict[str, Any], result: dict[str, An
         responses[status] = _json_response(why, ERROR_SCHEMA)
     responses["500"] = _json_response("The function raised, or its result is not JSON", FAILURE_SCHEMA)
     responses["504"] = _json_response("The call outlived response_grace_period", FAILURE_SCHEMA)
+    responses["202"] = {
+        "description": "With ?async=true: accepted; poll the Location header",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"run_id": {"type": "string"}, "status": {"const": "pending"}},
+                }
+            }
+        },
+    }
     return {
         "operationId": spec.name,
         "summary": spec.doc.splitlines()[0] if spec.doc else f"Call {spec.name}()",
         "description": _describe(spec),
+        "parameters": CALL_PARAMETERS,
         "requestBody": {"required": False, "content": {"application/json": {"schema": request}}},
         "responses": responses,
     }
@@ -182,8 +202,12 @@ def _describe(spec: FunctionSpec) -> str:
     return text.strip()
 
 
+def _ref(schema: str) -> str:
+    return REF_TEMPLATE.format(model=schema)
+
+
 def _json_response(description: str, schema: str) -> dict[str, Any]:
-    ref = {"$ref": REF_TEMPLATE.format(model=schema)}
+    ref = {"$ref": _ref(schema)}
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 

@@ -231,7 +231,7 @@ def describe_run(run: Run) -> dict[str, Any]:
     view.update(
         completed_at=_iso(run.completed_at),
         expires_at=_iso(run.expires_at),
-        run_time_ms=run.run_time_ms,
+        run_time_ms=None if run.run_time_ms is None else round(run.run_time_ms, 3),
     )
     if run.error is not None:
         view["error"] = {"type": run.error.type, "message": run.error.message}
