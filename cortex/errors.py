@@ -44,6 +44,17 @@ class RequestError(CortexError):
         self.details = details or []
 
 
+class BadRequestError(RequestError):
+    """A query parameter or header that is not what it should be."""
+
+
+class ConflictError(RequestError):
+    """The request conflicts with the run's state (cancelling a run that already ended)."""
+
+    status = 409
+    code = "conflict"
+
+
 class InvalidJSONError(RequestError):
     status = 400
     code = "invalid_json"
@@ -73,6 +84,12 @@ class NotFoundError(RequestError):
     code = "not_found"
 
 
+class RunExpiredError(NotFoundError):
+    """The run existed, but its result TTL has passed."""
+
+    code = "expired"
+
+
 class MethodNotAllowedError(RequestError):
     status = 405
     code = "method_not_allowed"
@@ -97,6 +114,10 @@ class NotReadyError(RequestError):
     status = 503
     code = "not_ready"
     retry_after = 5
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while we were reading its request (not a user-facing error)."""
 
 
 class StoreError(CortexError):

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from cortex.concurrency import DeadlineExceeded, run_with_deadline
 from cortex.discovery import FunctionKind, FunctionSpec
 from cortex.errors import (
+    ClientDisconnectedError,
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
@@ -45,10 +46,6 @@ from cortex.streaming import encode_error_event, stream_async_generator, stream_
 logger = logging.getLogger("cortex.calls")
 
 NOT_READY_MESSAGE = "The app is still loading (main.py is being imported). Retry shortly."
-
-
-class ClientDisconnectedError(Exception):
-    """The client went away while we were reading its request."""
 
 
 class FunctionRoutes:

@@ -15,7 +15,7 @@ from pydantic_core import from_json
 from starlette.types import Receive, Scope, Send
 
 from cortex.discovery import FunctionSpec
-from cortex.errors import NotFoundError, RequestError
+from cortex.errors import BadRequestError, ConflictError, NotFoundError, RunExpiredError
 from cortex.jobs.models import Run, RunRequest, RunStatus
 from cortex.jobs.store import JobStore
 from cortex.jobs.worker import RunWorker
@@ -27,16 +27,6 @@ TTL_HEADERS = (b"x-bf-async-job-result-ttl", b"x-cortex-result-ttl")
 LIST_LIMIT_MAX = 100
 EVENTS_PAGE = 500
 EVENTS_POLL_SECONDS = 0.1
-
-
-class BadRequestError(RequestError):
-    status = 400
-    code = "bad_request"
-
-
-class ConflictError(RequestError):
-    status = 409
-    code = "conflict"
 
 
 @dataclass(frozen=True)
@@ -154,7 +144,7 @@ class RunRoutes:
         if run is None:
             raise NotFoundError(f"No run '{run_id}' (it never existed, or was deleted after its TTL).")
         if run.is_expired(self.clock()):
-            raise _ExpiredError(f"Run '{run_id}' expired at {_iso(run.expires_at)}; its result is gone.")
+            raise RunExpiredError(f"Run '{run_id}' expired at {_iso(run.expires_at)}; its result is gone.")
         return run
 
     async def _poll(self, run_id: str, send: Send) -> None:
@@ -211,10 +201,6 @@ class RunRoutes:
             if finished:
                 return
             await asyncio.sleep(EVENTS_POLL_SECONDS)
-
-
-class _ExpiredError(NotFoundError):
-    code = "expired"
 
 
 def describe_run(run: Run) -> dict[str, Any]:

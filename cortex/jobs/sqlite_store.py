@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cortex.errors import IdempotencyConflictError, OverloadedError, RequestError, StoreError
+from cortex.errors import BadRequestError, IdempotencyConflictError, OverloadedError, StoreError
 from cortex.jobs.models import (
     Delivery,
     Outcome,
@@ -492,7 +492,7 @@ def _decode_cursor(cursor: str) -> tuple[float, int]:
         created_at, position = raw.split(":")
         return float(created_at), int(position)
     except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise RequestError(
+        raise BadRequestError(
             f"Invalid cursor {cursor!r}: pass the next_cursor of a previous page, or omit it."
         ) from exc
 
