@@ -124,5 +124,13 @@ class StoreError(CortexError):
     """The job store cannot be opened or used (bad CORTEX_STORE, unreadable file)."""
 
 
+class StoreUnavailableError(RequestError):
+    """The job store failed while answering a request."""
+
+    status = 503
+    code = "store_unavailable"
+    retry_after = 5
+
+
 class ResultNotSerializableError(CortexError):
     """A function returned something that cannot be written as JSON."""

@@ -26,6 +26,8 @@ from cortex.errors import (
     PayloadTooLargeError,
     RequestError,
     ResultNotSerializableError,
+    StoreError,
+    StoreUnavailableError,
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
@@ -78,6 +80,10 @@ class FunctionRoutes:
             await send_json(send, exc.status, encode_request_error(exc), run_id, extra)
         except ClientDisconnectedError:
             return
+        except StoreError as exc:  # the disk is full or the file unreadable: say so, as JSON
+            logger.error("run %s: %s", run_id, exc)
+            body = encode_request_error(StoreUnavailableError(exc.message))
+            await send_json(send, 503, body, run_id, [(b"retry-after", b"5")])
 
     def _check_project_and_app(self, path: str) -> list[str]:
         """The path segments after /v4/{project}/{app}/, once both are this server's."""

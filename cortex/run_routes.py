@@ -101,8 +101,9 @@ def new_run_request(
         streaming=spec.kind.is_streaming,
         webhook_url=options.webhook_url,
         webhook_secret=options.webhook_secret,
-        idempotency_key=options.idempotency_key,
-        body_hash=hashlib.sha256(body).hexdigest() if options.idempotency_key else None,
+        # Idempotency is for submitted runs; a sync call is answered in full every time.
+        idempotency_key=options.idempotency_key if options.run_async else None,
+        body_hash=hashlib.sha256(body).hexdigest() if options.idempotency_key and options.run_async else None,
     )
 
 

@@ -342,3 +342,14 @@ def test_async_runs_share_the_concurrency_limit_with_sync_calls(jobs):
         waited = time.monotonic() - started
     assert response.status_code == 200
     assert waited > 0.4
+
+
+def test_sync_calls_with_a_webhook_run_every_time_even_with_an_idempotency_key(jobs, webhook_receiver):
+    headers = {"idempotency-key": "same"}
+    with jobs.client() as client:
+        url = f"{jobs.base}/add?webhookEndpoint={webhook_receiver.url}"
+        first = client.post(url, json={"a": 1, "b": 1}, headers=headers)
+        second = client.post(url, json={"a": 1, "b": 1}, headers=headers)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.json()["run_id"] != second.json()["run_id"]
+    assert len(webhook_receiver.wait_for(2)) == 2
