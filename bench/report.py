@@ -36,16 +36,28 @@ Reading the numbers:
 - An async generator that never awaits (`astream`) holds the event loop for a whole stream, so
   16 concurrent streams are served one after another: see the first-event latency. Its events/s
   swing more from round to round than the other scenarios; use more rounds to compare it.
+- Async runs (`?async=true`) are compared with the sync calls of the same function on the same
+  server in the same round, not with the baselines (they have no run store). A 202 is sent only
+  once the run is committed to SQLite with synchronous=FULL, and every run commits twice more
+  (claimed, finished), all on the store's one thread: the disk's fsync latency, measured just
+  before the run, sets their ceiling, so expect them to differ most from machine to machine.
+  Their run latency (created -> completed) is mostly time spent queued behind the other runs of
+  the batch, so it grows with the batch size.
+- The submit rate falls as the queue of pending runs grows (wrk submits faster than the worker
+  runs them): each submit also counts the pending runs for the CORTEX_MAX_QUEUE check, a scan
+  that grows with the queue, so the figure depends on `--duration`; the report gives the queue
+  length at the start and end of the measured window. The bench lifts CORTEX_MAX_QUEUE (default
+  1,000) so that submits are never refused with 429.
 """
-RATE_KEY = {"rr": "rps", "sse": "events_per_s"}
+RATE_KEY = {"rr": "rps", "sse": "events_per_s", "async_e2e": "runs_per_s", "async_submit": "rps"}
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def _runs(rounds: list[dict[str, Any]], variant: str, function: str) -> list[dict[str, Any]]:
-    """This variant's result for `function` in every round (an error result when it failed)."""
+def _runs(rounds: list[dict[str, Any]], variant: str, key: str) -> list[dict[str, Any]]:
+    """This variant's result for scenario `key` in every round (an error result when it failed)."""
     runs = []
     for round_ in rounds:
         outcome = round_["variants"].get(variant)
@@ -54,7 +66,7 @@ def _runs(rounds: list[dict[str, Any]], variant: str, function: str) -> list[dic
         if "error" in outcome:
             runs.append({"error": outcome["error"]})
         else:
-            runs.append(outcome["scenarios"].get(function, {"error": "not run"}))
+            runs.append(outcome["scenarios"].get(key, {"error": "not run"}))
     return runs
 
 
@@ -65,24 +77,24 @@ def per_round_ratios(
     key = RATE_KEY[scenario.kind]
     ratios = []
     for round_ in rounds:
-        mine = _ok_result(round_, variant, scenario.function)
-        base = _ok_result(round_, baseline, scenario.function)
+        mine = _ok_result(round_, variant, scenario.key)
+        base = _ok_result(round_, baseline, scenario.key)
         if mine is not None and base is not None and base[key]:
             ratios.append(mine[key] / base[key])
     return ratios
 
 
-def _ok_result(round_: dict[str, Any], variant: str, function: str) -> dict[str, Any] | None:
+def _ok_result(round_: dict[str, Any], variant: str, key: str) -> dict[str, Any] | None:
     outcome = round_["variants"].get(variant)
     if outcome is None or "error" in outcome:
         return None
-    result = outcome["scenarios"].get(function)
+    result = outcome["scenarios"].get(key)
     return None if result is None or "error" in result else result
 
 
 def summarise(rounds: list[dict[str, Any]], variant: str, scenario: Scenario) -> dict[str, Any]:
     """Medians over rounds of one variant on one scenario, with its failures and error counts."""
-    runs = _runs(rounds, variant, scenario.function)
+    runs = _runs(rounds, variant, scenario.key)
     ok = [run for run in runs if "error" not in run]
     ratios = per_round_ratios(rounds, variant, scenario)
     ratios_to_asgi = per_round_ratios(rounds, variant, scenario, CEILING)
@@ -106,6 +118,54 @@ def summarise(rounds: list[dict[str, Any]], variant: str, scenario: Scenario) ->
     else:
         summary["first_event_p50_ms"] = _median([run["first_event_p50_ms"] for run in ok])
         summary["client_cpu_max"] = max((run["client_cpu"] for run in ok), default=math.nan)
+    return summary
+
+
+def ratios_to_sync(
+    rounds: list[dict[str, Any]], variant: str, scenario: Scenario, reference: Scenario
+) -> list[float]:
+    """rate(async scenario) / sync calls per second of the same server, in each round with both."""
+    ratios = []
+    for round_ in rounds:
+        mine = _ok_result(round_, variant, scenario.key)
+        sync = _ok_result(round_, variant, reference.key)
+        if mine is not None and sync is not None and sync["rps"]:
+            ratios.append(mine[RATE_KEY[scenario.kind]] / sync["rps"])
+    return ratios
+
+
+def summarise_async(
+    rounds: list[dict[str, Any]], variant: str, scenario: Scenario, reference: Scenario
+) -> dict[str, Any]:
+    """Medians over rounds of async runs on one variant, with ratios to its own sync calls."""
+    runs = _runs(rounds, variant, scenario.key)
+    ok = [run for run in runs if "error" not in run]
+    ratios = ratios_to_sync(rounds, variant, scenario, reference)
+    summary: dict[str, Any] = {
+        "variant": variant,
+        "function": scenario.function,
+        "kind": scenario.kind,
+        "rounds_ok": len(ok),
+        "rounds_failed": len(runs) - len(ok),
+        "failures": sorted({run["error"] for run in runs if "error" in run}),
+        "rate_median": _median([run[RATE_KEY[scenario.kind]] for run in ok]),
+        "ratio_to_sync_median": _median(ratios),
+        "ratios_to_sync": ratios,
+        "load_errors": sum(int(run["errors"]) for run in ok),
+    }
+    if scenario.kind == "async_e2e":
+        summary["p50_ms"] = _median([run["latency_p50_ms"] for run in ok])
+        summary["p99_ms"] = _median([run["latency_p99_ms"] for run in ok])
+        summary["submit_per_s_median"] = _median([run["submit_per_s"] for run in ok])
+        summary["client_cpu_max"] = max((run["client_cpu"] for run in ok), default=math.nan)
+    else:
+        summary["p50_ms"] = _median([run["p50_ms"] for run in ok])
+        summary["p99_ms"] = _median([run["p99_ms"] for run in ok])
+        summary["backlog_before_median"] = _median([run["backlog_before"] for run in ok])
+        summary["backlog_after_median"] = _median([run["backlog_after"] for run in ok])
+        summary["completed_meanwhile_per_s_median"] = _median(
+            [run["completed_meanwhile_per_s"] for run in ok if run["completed_meanwhile_per_s"] is not None]
+        )
     return summary
 
 
@@ -190,6 +250,101 @@ def sse_table(summaries: list[tuple[Scenario, dict[str, Any]]], labels: dict[str
             f"| {_num(s['first_event_p50_ms'], 1)} | {_status(s)} |"
         )
     return "\n".join(rows)
+
+
+# Row order of the async table, with each row's measure.
+ASYNC_MEASURES = {
+    "rr": "sync calls",
+    "async_submit": "async submits: 202s",
+    "async_e2e": "async runs, end to end: completed",
+}
+
+
+def async_table(summaries: list[tuple[Scenario, dict[str, Any]]], labels: dict[str, str]) -> str:
+    """The sync reference row(s) and the async rows, each with its ratio to the sync calls."""
+    rows = [
+        "| variant — measure | per second (median) | ratio to sync calls (median) | per round "
+        "| p50 ms | p99 ms | status |",
+        _alignment(5),
+    ]
+    order = list(ASYNC_MEASURES)
+    for scenario, s in sorted(summaries, key=lambda row: (row[1]["variant"], order.index(row[0].kind))):
+        if scenario.is_async:
+            ratio = _num(s["ratio_to_sync_median"], 2)
+            per_round = " / ".join(f"{r:.2f}" for r in s["ratios_to_sync"]) or "—"
+        else:
+            ratio, per_round = "1.00", "1.00 (reference)"
+        rows.append(
+            f"| {labels[s['variant']]} — {ASYNC_MEASURES[scenario.kind]} | {_num(s['rate_median'])} "
+            f"| {ratio} | {per_round} | {_num(s['p50_ms'], 2)} | {_num(s['p99_ms'], 2)} | {_status(s)} |"
+        )
+    return "\n".join(rows)
+
+
+def async_section(
+    summaries: list[tuple[Scenario, dict[str, Any]]], labels: dict[str, str], meta: dict[str, Any]
+) -> list[str]:
+    """Heading, method, table, side figures and one sentence reading them: markdown parts."""
+    variants = {s["variant"] for scenario, s in summaries if scenario.is_async}
+    rows = [(sc, s) for sc, s in summaries if s["variant"] in variants]
+    settings, probe = meta["settings"], meta["disk_probe"]
+    method = (
+        f"The sync calls row is `def predict` under wrk {settings['wrk']}, on the same server in "
+        "the same round as the async rows. "
+        f'Submits: wrk on `POST .../predict?async=true` `{{"x": 1}}`, the worker running the '
+        f"backlog meanwhile. End to end: {settings['async_runs']:,} runs submitted "
+        f"{settings['async_concurrency']} at a time (`bench/async_load.py`), then polled until all "
+        "completed; runs per second from the first submit to the last `completed_at`, and p50/p99 "
+        "are each run's `completed_at - created_at` (for the other rows: request latency). Each "
+        "server start gets a fresh SQLite store (WAL, synchronous=FULL) in "
+        f"{probe['directory']} ({probe['filesystem']}), where a bare fsync took "
+        f"{probe['fsync_ms']:.3f} ms and a bare SQLite commit {probe['sqlite_full_commit_ms']:.3f} ms "
+        "just before the run."
+    )
+    parts = ["### Async runs (`?async=true`, same cortex server)", method, async_table(rows, labels)]
+    side = _async_side_figures(rows)
+    if side:
+        parts.append(side)
+    reading = _async_reading(probe)
+    if reading:
+        parts.append(reading)
+    return parts
+
+
+def _by_kind(rows: list[tuple[Scenario, dict[str, Any]]], kind: str) -> dict[str, Any] | None:
+    return next((s for sc, s in rows if sc.kind == kind), None)
+
+
+def _async_side_figures(rows: list[tuple[Scenario, dict[str, Any]]]) -> str:
+    submit, e2e = _by_kind(rows, "async_submit"), _by_kind(rows, "async_e2e")
+    notes = []
+    if submit is not None and submit["rounds_ok"]:
+        notes.append(
+            "During the measured submit window the queue of pending runs grew from "
+            f"{_num(submit['backlog_before_median'])} to {_num(submit['backlog_after_median'])} while the "
+            f"worker completed {_num(submit['completed_meanwhile_per_s_median'])} runs/s (medians)."
+        )
+    if e2e is not None and e2e["rounds_ok"]:
+        notes.append(
+            "End to end, the submits were accepted at "
+            f"{_num(e2e['submit_per_s_median'])}/s (median); load generator CPU at most "
+            f"{e2e['client_cpu_max']:.0%}."
+        )
+    return " ".join(notes)
+
+
+def _async_reading(probe: dict[str, Any]) -> str:
+    """One sentence: what a commit costs on this disk, and what that allows."""
+    commit_ms = probe["sqlite_full_commit_ms"]
+    if not commit_ms:
+        return ""
+    return (
+        "Reading: every 202 waits for its own SQLite commit with synchronous=FULL (an fsync of "
+        "the WAL), and every run commits twice more (claimed, finished), one commit at a time "
+        f"on the store's single thread; at {commit_ms:.2f} ms per bare commit this disk allows at "
+        f"most ~{1000 / commit_ms:,.0f} submits/s with an idle worker, or ~{1000 / (3 * commit_ms):,.0f} "
+        "runs/s end to end, so the disk's fsync latency, not the HTTP path, sets the ceiling."
+    )
 
 
 def failure_notes(summaries: list[dict[str, Any]], labels: dict[str, str]) -> str:

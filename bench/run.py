@@ -4,10 +4,13 @@ Each round starts every variant as its own subprocess (server pinned to CPU 0, l
 CPU 1), sanity-checks every function once, then loads it: wrk for request/response (req/s,
 p50/p99), bench/sse_load.py for streams (events/s). Rounds interleave the variants (A B C A B C
 ...) and the report gives medians over rounds and the medians of the per-round ratios to raw
-Starlette (the target) and to bare ASGI (the harder ceiling).
+Starlette (the target) and to bare ASGI (the harder ceiling). On cortex, the same server then
+runs async runs of the same sync function (bench/async_runs.py): submits/s and completed runs/s,
+each as a ratio to that server's sync calls/s in the same round.
 
     .venv/bin/python bench/run.py                       # 3 rounds of 10 s, writes the docs
     .venv/bin/python bench/run.py --quick --variants raw   # smoke test of the harness
+    .venv/bin/python bench/run.py --quick --only async --no-docs   # async runs on cortex only
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import async_runs
 import httpx
 import report
-from scenarios import SCENARIOS, SanityError, Scenario, check
+from scenarios import ASYNC_SCENARIOS, SCENARIOS, SYNC_REFERENCE, SanityError, Scenario, check
 from servers import (
     BENCH_DIR,
     LOAD_CPU,
@@ -57,11 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load")
-    parser.add_argument("--only", choices=["rr", "sse"], help="request/response or SSE only")
+    parser.add_argument(
+        "--only",
+        choices=["rr", "sse", "async"],
+        help="request/response, SSE, or async runs only (async: cortex, with its sync predict as reference)",
+    )
     parser.add_argument("--variants", default="raw,asgi,cortex", help="comma list of raw, asgi, cortex")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--streams", type=int, default=16, help="concurrent SSE streams")
     parser.add_argument("--events", type=int, default=1000, help="events per SSE stream")
+    parser.add_argument("--async-runs", type=int, default=2000, help="runs submitted end to end")
+    parser.add_argument("--async-concurrency", type=int, default=64, help="end-to-end submits in flight")
+    parser.add_argument("--async-timeout", type=float, default=120.0, help="seconds for every run to end")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     parser.add_argument("--no-docs", action="store_true", help=f"do not rewrite {DOCS_PATH.name}")
     parser.add_argument("--output", type=Path, help=f"default {RESULTS_PATH.name}")
@@ -72,12 +83,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.variants.split(",")) - VARIANTS.keys()
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    if args.only == "async":
+        # Only servers with a run store have async runs; the baselines would add nothing.
+        args.variants = ",".join(name for name in args.variants.split(",") if VARIANTS[name].async_runs)
+        if not args.variants:
+            parser.error("--only async needs a variant with async runs: cortex")
     return args
 
 
 def selected_scenarios(args: argparse.Namespace) -> list[Scenario]:
-    chosen = [s for s in SCENARIOS if args.only in (None, s.kind)]
+    if args.only == "async":
+        chosen = [SYNC_REFERENCE, *ASYNC_SCENARIOS]
+    else:
+        chosen = [s for s in SCENARIOS if args.only is None or s.kind == args.only]
     return [dataclasses.replace(s, body={"n": args.events}) if s.kind == "sse" else s for s in chosen]
+
+
+def runs_on(variant: Variant, scenario: Scenario) -> bool:
+    """Async runs need a run store: the baselines have none."""
+    return variant.async_runs or not scenario.is_async
 
 
 def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,6 +109,9 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
     versions.update({name: _package_version(name) for name in PACKAGES})
     if args.only != "sse":
         versions["wrk"] = wrk_version()
+    with_async = args.only in (None, "async") and any(
+        VARIANTS[v].async_runs for v in args.variants.split(",")
+    )
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
@@ -102,8 +129,13 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
             "wrk": f"-t1 -c{args.connections} --latency",
             "sse_streams": args.streams,
             "sse_events_per_stream": args.events,
+            "async_runs": args.async_runs if with_async else None,
+            "async_concurrency": args.async_concurrency if with_async else None,
+            "async_timeout_s": args.async_timeout if with_async else None,
+            "only": args.only,
             "variants": args.variants.split(","),
         },
+        "disk_probe": async_runs.probe_disk() if with_async else None,
     }
 
 
@@ -190,6 +222,8 @@ def measure(server: Server, scenario: Scenario, args: argparse.Namespace) -> dic
     problem = sanity_problem(url, scenario)
     if problem:
         return {"error": f"sanity check failed: {problem}"}
+    if scenario.is_async:
+        return measure_async(server, url, scenario, args)
     try:
         result = load(url, scenario, args)
     except (WrkError, RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -202,6 +236,25 @@ def measure(server: Server, scenario: Scenario, args: argparse.Namespace) -> dic
     if problem:
         return {"error": f"sanity check after load failed: {problem}", **result}
     return result
+
+
+def measure_async(server: Server, url: str, scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    """Async runs after their sanity check (one run polled to `result: 2`). No check after the
+    submit load: a new run would wait behind the backlog that load leaves."""
+    try:
+        if scenario.kind == "async_e2e":
+            result = async_runs.run_e2e(url, args)
+        else:
+            result = async_runs.run_submit(server, url, args)
+    except (WrkError, RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        return {"error": f"load failed: {exc}"}
+    if server.process.poll() is not None:
+        return {"error": f"server exited with code {server.process.returncode} under load"}
+    if scenario.kind == "async_e2e":
+        problem = async_runs.e2e_problem(result, args)
+    else:
+        problem = "" if result["requests"] else f"nothing completed in {args.duration:g} s of load"
+    return {"error": problem, **result} if problem else result
 
 
 def sanity_problem(url: str, scenario: Scenario) -> str:
@@ -224,6 +277,8 @@ def describe(variant: Variant, scenario: Scenario, result: dict[str, Any]) -> st
     head = f"  {variant.label} — {scenario.label}:"
     if "error" in result:
         return f"{head} FAILED: {result['error'].splitlines()[0]}"
+    if scenario.is_async:
+        return f"{head} {describe_async(scenario, result)}"
     if scenario.kind == "rr":
         errors = f", {result['errors']} ERRORS" if result["errors"] else ""
         return (
@@ -237,15 +292,30 @@ def describe(variant: Variant, scenario: Scenario, result: dict[str, Any]) -> st
     )
 
 
+def describe_async(scenario: Scenario, result: dict[str, Any]) -> str:
+    errors = f", {result['errors']} ERRORS" if result["errors"] else ""
+    if scenario.kind == "async_e2e":
+        return (
+            f"{result['runs_per_s']:,.0f} runs/s ({result['completed']:,} in {result['wall_s']:.2f} s, "
+            f"submitted at {result['submit_per_s']:,.0f}/s), run latency p50 "
+            f"{result['latency_p50_ms']:.0f} ms, p99 {result['latency_p99_ms']:.0f} ms, "
+            f"client CPU {result['client_cpu']:.0%}{errors}"
+        )
+    return (
+        f"{result['rps']:,.0f} 202/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms; "
+        f"queue {result['backlog_before']:,} -> {result['backlog_after']:,} runs{errors}"
+    )
+
+
 def bench_variant(variant: Variant, scenarios: list[Scenario], args: argparse.Namespace) -> dict[str, Any]:
     """Start one variant, measure every scenario on it, stop it."""
     try:
         with serving(variant) as server:
             outcome: dict[str, Any] = {"ready_s": server.ready_s, "scenarios": {}}
-            for scenario in scenarios:
+            for scenario in (s for s in scenarios if runs_on(variant, s)):
                 result = measure(server, scenario, args)
                 log(describe(variant, scenario, result))
-                outcome["scenarios"][scenario.function] = result
+                outcome["scenarios"][scenario.key] = result
             return outcome
     except ServerStartError as exc:
         log(f"  {variant.label}: FAILED TO START: {exc}")
@@ -265,7 +335,16 @@ def run_rounds(args: argparse.Namespace, scenarios: list[Scenario]) -> list[dict
 def summarise(
     rounds: list[dict[str, Any]], scenarios: list[Scenario], variants: list[str]
 ) -> list[tuple[Scenario, dict[str, Any]]]:
-    return [(s, report.summarise(rounds, v, s)) for s in scenarios for v in variants]
+    summaries = []
+    for scenario in scenarios:
+        for name in variants:
+            if not runs_on(VARIANTS[name], scenario):
+                continue
+            if scenario.is_async:
+                summaries.append((scenario, report.summarise_async(rounds, name, scenario, SYNC_REFERENCE)))
+            else:
+                summaries.append((scenario, report.summarise(rounds, name, scenario)))
+    return summaries
 
 
 def _format_busy(meta: dict[str, Any]) -> str:
@@ -277,6 +356,16 @@ def _format_load(meta: dict[str, Any]) -> str:
     return " / ".join(f"{value:.2f}" for value in meta["load_average_at_start"]) or "unknown"
 
 
+def _ratio_note(settings: dict[str, Any]) -> str:
+    if settings["only"] == "async":
+        return "Ratios are medians of per-round ratios to the same server's sync calls."
+    note = (
+        "Ratios are medians of per-round ratios to raw Starlette (the target) and, when it ran, "
+        "to bare ASGI (a hand-written ASGI callable: the harder ceiling)"
+    )
+    return note + ("; async runs, to the same server's sync calls." if settings["async_runs"] else ".")
+
+
 def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]]) -> str:
     labels = {name: variant.label for name, variant in VARIANTS.items()}
     settings, versions = meta["settings"], meta["versions"]
@@ -285,19 +374,21 @@ def render(meta: dict[str, Any], summaries: list[tuple[Scenario, dict[str, Any]]
         f"{settings['rounds']} interleaved round(s) of {settings['duration_s']:g} s after "
         f"{settings['warmup_s']:g} s of warm-up; {meta['cpu_count']} CPUs ({meta['cpu_model']}); "
         f"pinning: {meta['pinning']}; CPUs {_format_busy(meta)} busy just before the run, "
-        f"load average {_format_load(meta)}. "
-        "Ratios are medians of per-round ratios to raw Starlette (the target) and, when it ran, "
-        "to bare ASGI (a hand-written ASGI callable: the harder ceiling).",
+        f"load average {_format_load(meta)}. {_ratio_note(settings)}",
         ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
     ]
     rr = [(s, x) for s, x in summaries if s.kind == "rr"]
     sse = [(s, x) for s, x in summaries if s.kind == "sse"]
-    if rr:
+    runs = [(s, x) for s, x in summaries if s.is_async]
+    if rr and settings["only"] != "async":
         parts += [f"### Request/response (wrk {settings['wrk']})", report.rr_table(rr, labels)]
     if sse:
         streams, events = settings["sse_streams"], settings["sse_events_per_stream"]
         title = f"### SSE ({streams} concurrent streams of {events:,} events)"
         parts += [title, report.sse_table(sse, labels)]
+    if runs:
+        reference = [(s, x) for s, x in rr if s.key == SYNC_REFERENCE.key]
+        parts += report.async_section(reference + runs, labels, meta)
     notes = report.failure_notes([x for _, x in summaries], labels)
     if notes:
         parts += ["### Failures", notes]

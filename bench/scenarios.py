@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,8 @@ import httpx
 
 STREAM_EVENTS = 1000
 SANITY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.01
+ASYNC_KINDS = ("async_e2e", "async_submit")
 
 
 class SanityError(Exception):
@@ -19,25 +22,45 @@ class SanityError(Exception):
 
 @dataclass(frozen=True)
 class Scenario:
-    """One function called on every variant: `rr` is request/response (wrk), `sse` a stream."""
+    """One function under load: `rr` is request/response (wrk), `sse` a stream; `async_e2e` and
+    `async_submit` are async runs (`?async=true`), only on variants that have a run store."""
 
     function: str
     kind: str
     label: str
     body: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def key(self) -> str:
+        """Where a round keeps this scenario's result: the function, plus the kind for async runs."""
+        return f"{self.function}:{self.kind}" if self.is_async else self.function
 
+    @property
+    def is_async(self) -> bool:
+        return self.kind in ASYNC_KINDS
+
+
+SYNC_REFERENCE = Scenario("predict", "rr", "sync def predict", {"x": 1})
+# Async runs come last, end-to-end first: it needs an idle store, and the submit load leaves
+# thousands of runs queued behind it.
+ASYNC_SCENARIOS = [
+    Scenario("predict", "async_e2e", "async runs of def predict, submit to completion", {"x": 1}),
+    Scenario("predict", "async_submit", "async submit of def predict (202s)", {"x": 1}),
+]
 SCENARIOS = [
-    Scenario("predict", "rr", "sync def predict", {"x": 1}),
+    SYNC_REFERENCE,
     Scenario("apredict", "rr", "async def apredict", {"x": 1}),
     Scenario("stream", "sse", "sync generator stream", {"n": STREAM_EVENTS}),
     Scenario("astream", "sse", "async generator astream", {"n": STREAM_EVENTS}),
+    *ASYNC_SCENARIOS,
 ]
 
 
 def check(url: str, scenario: Scenario) -> None:
     """Send one request and raise SanityError unless the reply is exactly what we bench."""
-    if scenario.kind == "rr":
+    if scenario.is_async:
+        check_async_run(url, scenario.body, expected_result=2)
+    elif scenario.kind == "rr":
         check_call(url, scenario.body)
     else:
         check_stream(url, scenario.body, int(scenario.body["n"]))
@@ -73,6 +96,50 @@ def call_problems(payload: Any, expected_result: Any) -> list[str]:
     return problems
 
 
+def check_async_run(url: str, body: dict[str, Any], expected_result: Any) -> None:
+    """Submit one run with `?async=true`, then poll it until it has completed with the result."""
+    response = httpx.post(f"{url}?async=true", json=body, timeout=SANITY_TIMEOUT_S)
+    _expect_status(response, 202)
+    payload = _json(response)
+    run_id = payload.get("run_id") if isinstance(payload, dict) else None
+    if not _is_uuid4(run_id) or payload.get("status") != "pending":
+        raise SanityError(
+            f"POST {url}?async=true: expected {{run_id: uuid4, status: pending}}, got {payload!r}"
+        )
+    poll_url = f"{url.rsplit('/', 1)[0]}/runs/{run_id}"
+    if not response.headers.get("location", "").endswith(f"/runs/{run_id}"):
+        raise SanityError(f"POST {url}?async=true: Location is {response.headers.get('location')!r}")
+    run = _poll_until_done(poll_url)
+    if run.get("status") != "completed" or run.get("result") != expected_result:
+        raise SanityError(f"GET {poll_url}: expected completed with result {expected_result!r}, got {run!r}")
+
+
+def _poll_until_done(poll_url: str) -> dict[str, Any]:
+    """GET the run until it answers 200 (it ended); 202 means pending or processing."""
+    deadline = time.monotonic() + SANITY_TIMEOUT_S
+    with httpx.Client(timeout=SANITY_TIMEOUT_S) as client:
+        while time.monotonic() < deadline:
+            response = client.get(poll_url)
+            if response.status_code != 202:
+                _expect_status(response, 200)
+                payload = _json(response)
+                if not isinstance(payload, dict):
+                    raise SanityError(f"GET {poll_url}: reply is not a JSON object: {payload!r}")
+                return payload
+            time.sleep(POLL_INTERVAL_S)
+    raise SanityError(f"GET {poll_url}: the run did not end within {SANITY_TIMEOUT_S:.0f} s")
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except json.JSONDecodeError as exc:
+        request = response.request
+        raise SanityError(
+            f"{request.method} {request.url}: body is not JSON ({exc}): {response.text[:300]!r}"
+        ) from exc
+
+
 def check_stream(url: str, body: dict[str, Any], events: int) -> None:
     headers = {"Accept": "text/event-stream"}
     response = httpx.post(url, json=body, headers=headers, timeout=SANITY_TIMEOUT_S)
@@ -103,10 +170,14 @@ def parse_sse_data(text: str) -> list[str]:
 
 
 def _expect_200(response: httpx.Response) -> None:
-    if response.status_code != 200:
+    _expect_status(response, 200)
+
+
+def _expect_status(response: httpx.Response, status: int) -> None:
+    if response.status_code != status:
         raise SanityError(
             f"{response.request.method} {response.request.url}: HTTP {response.status_code}, "
-            f"expected 200: {response.text[:300]!r}"
+            f"expected {status}: {response.text[:300]!r}"
         )
 
 

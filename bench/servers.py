@@ -1,8 +1,14 @@
-"""Start, wait for and stop the servers under test, each as its own pinned subprocess."""
+"""Start, wait for and stop the servers under test, each as its own pinned subprocess.
+
+`cortex serve` gets a fresh SQLite run store in a new temporary directory on every start (removed
+when it stops), so async runs never see an earlier start's runs.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +31,11 @@ SERVER_CPU = "0"
 LOAD_CPU = "1"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+# Pending async runs allowed before a submit answers 429 (default 1,000): lifted so the submit
+# load measures how fast runs are accepted, not how fast the backlog drains. Sync calls never
+# reach it (64 connections stay far below replica_concurrency = 1000).
+MAX_QUEUE = 10_000_000
+STORE_FILE = "runs.db"
 
 
 class ServerStartError(Exception):
@@ -38,12 +49,14 @@ class Variant:
     name: str
     label: str
     prefix: str
+    async_runs: bool = False  # has `?async=true` and /runs (needs a run store)
 
-    def command(self, port: int) -> list[str]:
+    def command(self, port: int, store: Path | None = None) -> list[str]:
         script = BASELINE_SCRIPTS.get(self.name)
         if script is not None:
             return [sys.executable, str(BENCH_DIR / script), "--port", str(port)]
-        return [*cortex_cli(), "serve", str(APP_DIR), "--host", "127.0.0.1", "--port", str(port)]
+        command = [*cortex_cli(), "serve", str(APP_DIR), "--host", "127.0.0.1", "--port", str(port)]
+        return command if store is None else [*command, "--store", f"sqlite:///{store}"]
 
 
 # The baselines Cortex is compared with, each a script taking --port; any other variant is cortex.
@@ -51,7 +64,7 @@ BASELINE_SCRIPTS = {"raw": "raw_starlette.py", "asgi": "raw_asgi.py"}
 VARIANTS = {
     "raw": Variant("raw", "raw Starlette", "/v4/p-local/bench"),
     "asgi": Variant("asgi", "bare ASGI", "/v4/p-local/bench"),
-    "cortex": Variant("cortex", "cortex serve", "/v4/p-local/bench"),
+    "cortex": Variant("cortex", "cortex serve", "/v4/p-local/bench", async_runs=True),
 }
 
 
@@ -61,6 +74,7 @@ class Server:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    store_path: Path | None = None  # the run store's SQLite file (cortex only)
     ready_s: float = 0.0
 
 
@@ -85,25 +99,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(variant: Variant) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("CORTEX_PROJECT_ID", "p-local")
     env["PYTHONUNBUFFERED"] = "1"
+    if variant.async_runs:
+        env["CORTEX_MAX_QUEUE"] = str(MAX_QUEUE)
+        # Given, so the server does not create bench/apps/trivial/.cortex/webhook_secret.
+        env.setdefault("CORTEX_WEBHOOK_SECRET", "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
     return env
 
 
 def start(variant: Variant) -> Server:
     port = free_port()
     prefix = f"bench-{variant.name}-"
+    store = Path(tempfile.mkdtemp(prefix="bench-store-")) / STORE_FILE if variant.async_runs else None
     with tempfile.NamedTemporaryFile(prefix=prefix, suffix=".log", delete=False) as log:
         process = subprocess.Popen(
-            pinned(variant.command(port), SERVER_CPU),
+            pinned(variant.command(port, store), SERVER_CPU),
             cwd=REPO_DIR,
-            env=_server_env(),
+            env=_server_env(variant),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return Server(variant, process, f"http://127.0.0.1:{port}", Path(log.name))
+    return Server(variant, process, f"http://127.0.0.1:{port}", Path(log.name), store)
 
 
 def _log_tail(server: Server, lines: int = 15) -> str:
@@ -148,6 +167,8 @@ def stop(server: Server, timeout: float = STOP_TIMEOUT_S) -> None:
             server.process.kill()
             server.process.wait()
     server.log_path.unlink(missing_ok=True)
+    if server.store_path is not None:
+        shutil.rmtree(server.store_path.parent, ignore_errors=True)
 
 
 @contextmanager

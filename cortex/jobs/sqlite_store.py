@@ -360,8 +360,10 @@ def _submit(conn: sqlite3.Connection, request: RunRequest, max_pending: int) -> 
                 f"Idempotency-Key '{key}' was already used with a different body (run "
                 f"{existing.run_id}). Use a new key for a new request."
             )
+    # Count no further than the cap: the check costs O(CORTEX_MAX_QUEUE), not O(queue length).
     pending = conn.execute(
-        f"SELECT COUNT(*) FROM {RUNS} WHERE status = ?", (RunStatus.PENDING.value,)
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {RUNS} WHERE status = ? LIMIT ?)",
+        (RunStatus.PENDING.value, max_pending),
     ).fetchone()[0]
     if pending >= max_pending:
         raise OverloadedError(
