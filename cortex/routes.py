@@ -23,7 +23,6 @@ from cortex.errors import (
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
-    PayloadTooLargeError,
     RequestError,
     ResultNotSerializableError,
     StoreError,
@@ -32,22 +31,22 @@ from cortex.errors import (
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
 from cortex.jobs.ssrf import check_webhook_url_async
+from cortex.openai_compat.routes import OpenAIRoutes, match_openai_path
 from cortex.responses import (
     SSE_HEADERS,
     encode_failure,
     encode_request_error,
     encode_result,
+    read_request,
     send_json,
     wait_for_disconnect,
 )
 from cortex.run_routes import NO_OPTIONS, CallOptions, new_run_request, parse_call_options
 from cortex.serialization import encode_json
-from cortex.state import JobsRuntime, ServingState
+from cortex.state import NOT_READY_MESSAGE, JobsRuntime, ServingState
 from cortex.streaming import encode_error_event, stream_async_generator, stream_sync_generator
 
 logger = logging.getLogger("cortex.calls")
-
-NOT_READY_MESSAGE = "The app is still loading (main.py is being imported). Retry shortly."
 
 
 class FunctionRoutes:
@@ -55,6 +54,7 @@ class FunctionRoutes:
 
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.openai = OpenAIRoutes(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run_id = str(uuid.uuid4())
@@ -63,8 +63,12 @@ class FunctionRoutes:
             if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
                 await self._jobs().runs.handle(scope, receive, send, rest[1:])
                 return
+            openai_path = match_openai_path(rest)  # {fn}/chat/completions, /embeddings, /models, ...
+            if openai_path is not None:
+                await self.openai.handle(scope, receive, send, openai_path, run_id)
+                return
             spec = self._function(rest, scope["method"])
-            body, wants_sse = await _read_request(scope, receive, self.state.settings.max_body_bytes)
+            body, wants_sse = await read_request(scope, receive, self.state.settings.max_body_bytes)
             kwargs = parse_arguments(spec, body)
             options = parse_call_options(scope)
             if options is not NO_OPTIONS:
@@ -236,43 +240,6 @@ class FunctionRoutes:
         watching.cancel()
         message = f"{spec.name}() streamed past response_grace_period ({grace:g} s); the stream was ended."
         await write(encode_error_event(TimeoutError(message), run_id, error_type="Timeout"))
-
-
-async def _read_request(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The whole body (413 past `limit`, sized or chunked) and whether SSE was asked for."""
-    wants_sse = False
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _too_large(limit)
-        if name == b"accept" and b"text/event-stream" in value:
-            wants_sse = True
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnectedError
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body, wants_sse
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks), wants_sse
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"The request body is larger than {limit} bytes (CORTEX_MAX_BODY_BYTES). "
-        "Send less, or raise the limit."
-    )
 
 
 def _outcome(run_time_ms: float, result: Any, error: RunError | None) -> Outcome:

@@ -22,6 +22,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # code returns (Python cannot kill a thread), and new calls should not queue behind it.
 SPARE_THREADS = 8
 
+NOT_READY_MESSAGE = "The app is still loading (main.py is being imported). Retry shortly."
+
 
 @dataclass
 class JobsRuntime:

@@ -19,6 +19,8 @@ WINDOW = 64  # chunks a sync generator may run ahead of a slow client
 FAIRNESS_SECONDS = 0.005  # an async generator that never awaits still lets other requests run
 
 Write = Callable[[bytes], Awaitable[None]]
+Encode = Callable[[Any], bytes]  # a chunk -> its frame
+EncodeError = Callable[[BaseException, str], bytes]  # (exception, run_id) -> the frame that ends a stream
 
 
 def encode_event(chunk: Any) -> bytes:
@@ -50,19 +52,28 @@ def encode_error_event(exc: BaseException, run_id: str, error_type: str | None =
     return b"event: error\ndata: " + encode_json(payload) + b"\n\n"
 
 
-async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id: str) -> None:
-    """Send each chunk as it comes; an exception becomes an `event: error`, never a cut-off."""
+async def stream_async_generator(
+    agen: AsyncIterator[Any],
+    write: Write,
+    run_id: str,
+    encode: Encode = encode_event,
+    encode_error: EncodeError = encode_error_event,
+) -> None:
+    """Send each chunk as it comes; an exception becomes an `event: error`, never a cut-off.
+
+    `encode` and `encode_error` frame chunks and the error for another protocol (OpenAI's).
+    """
     loop = asyncio.get_running_loop()
     last_yield = loop.time()
     try:
         while True:
             try:
-                frame = encode_event(await agen.__anext__())
+                frame = encode(await agen.__anext__())
             except StopAsyncIteration:
                 return
             except Exception as exc:  # the user's generator (or its chunk) failed, not the client
                 logger.exception("Stream %s failed", run_id)
-                await write(encode_error_event(exc, run_id))
+                await write(encode_error(exc, run_id))
                 return
             await write(frame)
             if loop.time() - last_yield > FAIRNESS_SECONDS:
@@ -74,7 +85,14 @@ async def stream_async_generator(agen: AsyncIterator[Any], write: Write, run_id:
             await aclose()
 
 
-async def stream_sync_generator(gen: Iterator[Any], write: Write, run_id: str, threads: ThreadRunner) -> None:
+async def stream_sync_generator(
+    gen: Iterator[Any],
+    write: Write,
+    run_id: str,
+    threads: ThreadRunner,
+    encode: Encode = encode_event,
+    encode_error: EncodeError = encode_error_event,
+) -> None:
     """Run the generator in a worker thread that encodes chunks ahead of the client.
 
     A thread hop per chunk (Starlette's `iterate_in_threadpool`) caps a stream at a few
@@ -82,7 +100,7 @@ async def stream_sync_generator(gen: Iterator[Any], write: Write, run_id: str, t
     whatever has piled up in one write; at most WINDOW chunks wait, so a slow client slows the
     generator down instead of filling memory.
     """
-    pump = _ThreadedPump(gen, run_id, asyncio.get_running_loop())
+    pump = _ThreadedPump(gen, run_id, asyncio.get_running_loop(), encode, encode_error)
     producer = threads.run(pump.produce)
     try:
         while True:
@@ -98,8 +116,17 @@ async def stream_sync_generator(gen: Iterator[Any], write: Write, run_id: str, t
 
 
 class _ThreadedPump:
-    def __init__(self, gen: Iterator[Any], run_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        gen: Iterator[Any],
+        run_id: str,
+        loop: asyncio.AbstractEventLoop,
+        encode: Encode,
+        encode_error: EncodeError,
+    ) -> None:
         self._gen = gen
+        self._encode = encode
+        self._encode_error = encode_error
         self._run_id = run_id
         self._loop = loop
         self._lock = threading.Lock()
@@ -120,10 +147,10 @@ class _ThreadedPump:
                     chunk = next(self._gen)
                 except StopIteration:
                     return
-                self._put(encode_event(chunk))
+                self._put(self._encode(chunk))
         except Exception as exc:
             logger.exception("Stream %s failed", self._run_id)
-            self._put(encode_error_event(exc, self._run_id))
+            self._put(self._encode_error(exc, self._run_id))
         finally:
             close = getattr(self._gen, "close", None)
             if close is not None:

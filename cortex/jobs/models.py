@@ -59,6 +59,9 @@ class RunRequest:
     webhook_secret: str | None = None  # Cerebrium's X-Webhook-Secret, for its own signature
     idempotency_key: str | None = None
     body_hash: str | None = None  # sha256 of the body, to detect a reused idempotency key
+    # How the result is given an OpenAI route's shape (openai_compat.models.ResultShape as JSON);
+    # None: the function's own result.
+    shape: str | None = None
 
 
 @dataclass(frozen=True)

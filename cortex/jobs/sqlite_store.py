@@ -29,7 +29,7 @@ T = TypeVar("T")
 RUNS = "runs"
 EVENTS = "run_events"
 DELIVERIES = "deliveries"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.shape
 BUSY_TIMEOUT_MS = 5000  # other processes on the same file hold the write lock for milliseconds
 
 CANCELLED_ERROR = RunError("Cancelled", "Run cancelled by request.")
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS {RUNS} (
     webhook_secret TEXT,
     idempotency_key TEXT,
     body_hash TEXT,
+    shape TEXT,
     status TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
     started_at REAL,
@@ -125,7 +126,17 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             f"The job store {path} was written by a newer Cortex (schema {version}; this one "
             f"reads {SCHEMA_VERSION}). Upgrade Cortex, or point CORTEX_STORE at another file."
         )
-    conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+    _in_transaction(_migrate, conn)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an older Cortex up to SCHEMA_VERSION (idempotent, so two processes
+    opening it at once are fine: the second finds the work done inside its own transaction)."""
+    columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({RUNS})")}
+    if "shape" not in columns:  # schema 1
+        conn.execute(f"ALTER TABLE {RUNS} ADD COLUMN shape TEXT")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _unopenable(path: Path, reason: str) -> StoreError:
@@ -266,6 +277,7 @@ def _run_from_row(row: sqlite3.Row) -> Run:
         webhook_secret=row["webhook_secret"],
         idempotency_key=row["idempotency_key"],
         body_hash=row["body_hash"],
+        shape=row["shape"],
     )
     error = None if row["error_type"] is None else RunError(row["error_type"], row["error_message"])
     webhook = row["webhook_status"]
@@ -292,8 +304,8 @@ def _load(conn: sqlite3.Connection, run_id: str) -> Run | None:
 def _insert(conn: sqlite3.Connection, request: RunRequest, attempt: int, started_at: float | None) -> None:
     conn.execute(
         f"INSERT INTO {RUNS} (run_id, function, body, created_at, ttl_seconds, streaming, webhook_url,"
-        " webhook_secret, idempotency_key, body_hash, status, attempt, started_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " webhook_secret, idempotency_key, body_hash, shape, status, attempt, started_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             request.run_id,
             request.function,
@@ -305,6 +317,7 @@ def _insert(conn: sqlite3.Connection, request: RunRequest, attempt: int, started
             request.webhook_secret,
             request.idempotency_key,
             request.body_hash,
+            request.shape,
             RunStatus.PENDING.value,
             attempt,
             started_at,

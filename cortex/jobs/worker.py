@@ -18,6 +18,7 @@ from cortex.errors import RequestError
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, Run, RunError, RunStatus
 from cortex.jobs.store import JobStore
+from cortex.openai_compat.models import ResultShape, apply_shape
 from cortex.serialization import encode_json
 from cortex.streaming import encode_event
 
@@ -165,6 +166,9 @@ class RunWorker:
         try:
             kwargs = parse_arguments(spec, run.request.body)
             result = await run_with_deadline(self._invoke(spec, kwargs, run), self.grace_seconds)
+            if run.request.shape is not None:  # submitted through an OpenAI route: answer as it would
+                shape = ResultShape.model_validate_json(run.request.shape)
+                result = apply_shape(shape, result, spec.name, run.run_id, int(self.clock()))
             return Outcome(RunStatus.COMPLETED, _ms_since(started), result_json=encode_json(result))
         except RequestError as exc:
             return failed(type(exc).__name__, exc.message)

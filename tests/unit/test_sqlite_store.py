@@ -13,7 +13,14 @@ import pytest
 
 from cortex.errors import StoreError
 from cortex.jobs.models import RunStatus
-from cortex.jobs.sqlite_store import DELIVERIES, EVENTS, RUNS, SQLiteJobStore, open_connection
+from cortex.jobs.sqlite_store import (
+    DELIVERIES,
+    EVENTS,
+    RUNS,
+    SCHEMA_VERSION,
+    SQLiteJobStore,
+    open_connection,
+)
 from tests.unit.test_store_contract import HOOK, LEASE, NOW, completed, request_for, sync
 
 
@@ -223,6 +230,40 @@ def test_a_store_written_by_a_newer_cortex_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as caught:
         sync(SQLiteJobStore(path).open())
     assert str(caught.value) == (
-        f"The job store {path} was written by a newer Cortex (schema 99; this one reads 1). "
+        f"The job store {path} was written by a newer Cortex (schema 99; this one reads {SCHEMA_VERSION}). "
         "Upgrade Cortex, or point CORTEX_STORE at another file."
     )
+
+
+# Schema 1, as Cortex wrote it before runs had a `shape`: opening it adds the column, keeps the runs.
+SCHEMA_1_RUNS = f"""
+CREATE TABLE {RUNS} (
+    position INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, function TEXT NOT NULL,
+    body BLOB NOT NULL, created_at REAL NOT NULL, ttl_seconds INTEGER NOT NULL, streaming INTEGER NOT NULL,
+    webhook_url TEXT, webhook_secret TEXT, idempotency_key TEXT, body_hash TEXT, status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0, started_at REAL, completed_at REAL, expires_at REAL,
+    lease_until REAL, run_time_ms REAL, result_json BLOB, error_type TEXT, error_message TEXT
+);
+INSERT INTO {RUNS} (run_id, function, body, created_at, ttl_seconds, streaming, status)
+    VALUES ('old', 'predict', X'7B7D', 100.0, 3600, 0, 'pending');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    raw = sqlite3.connect(path)
+    raw.executescript(SCHEMA_1_RUNS)
+    raw.close()
+    shape = '{"kind":"chat","model":"m"}'
+    for opening in ("first", "second"):  # the second open finds the work done
+        store = opened(path)
+        old = sync(store.get("old"))
+        assert old is not None and old.request.shape is None and old.status is RunStatus.PENDING
+        sync(store.submit(request_for(f"new-{opening}", shape=shape), 10))
+        new = sync(store.get(f"new-{opening}"))
+        assert new is not None and new.request.shape == shape
+        sync(store.close())
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()

@@ -80,6 +80,7 @@ def test_submitted_run_is_pending_and_reads_back_equal(store: JobStore) -> None:
         webhook_secret="s3cret",
         idempotency_key="key-1",
         body_hash="hash-1",
+        shape='{"kind":"chat","model":"m","encoding_format":"float"}',
     )
     run, created = sync(store.submit(request, 10))
     assert created

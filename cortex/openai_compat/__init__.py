@@ -1,0 +1,1 @@
+"""OpenAI-compatible routes under every function: chat/completions, completions, embeddings, models."""
