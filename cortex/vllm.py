@@ -295,9 +295,12 @@ class VLLMChat:
         )  # fmt: skip
         prompt = {"prompt_token_ids": await asyncio.to_thread(self.chat_prompt_ids, messages)}
         chunks = Chunks(run_id or uuid.uuid4().hex, self.model_name)
-        yield chunks.delta({"role": "assistant", "content": ""})
+        role_sent = False  # sent with the first output, so a prompt vLLM refuses fails before any chunk
         async with aclosing(self._pieces(prompt, params, chunks)) as pieces:
             async for piece in pieces:
+                if not role_sent:
+                    role_sent = True
+                    yield chunks.delta({"role": "assistant", "content": ""})
                 delta = {"content": piece.text} if piece.text else {}
                 if delta or piece.finish_reason:
                     yield chunks.delta(delta, piece.finish_reason)

@@ -100,6 +100,15 @@ def test_n_above_one_is_refused_with_what_to_do(llm_server):
     }
 
 
+def test_a_prompt_longer_than_the_model_takes_fails_before_any_chunk(llm_server):
+    too_long = [{"role": "user", "content": "hello " * 5000}]
+    with llm_server.client() as client:
+        response = client.post("/run", json={"messages": too_long}, headers=SSE)
+    first_event = response.text.split("\n\n")[0]
+    assert first_event.startswith("event: error\n"), response.text[:500]
+    assert "maximum context length is 4096 tokens" in json.loads(first_event.split("data: ", 1)[1])["message"]
+
+
 def test_json_schema_response_format_constrains_the_text(llm_server):
     schema = {
         "type": "object",
