@@ -18,7 +18,8 @@ from cortex.errors import RequestError
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, Run, RunError, RunStatus
 from cortex.jobs.store import JobStore
-from cortex.openai_compat.models import ResultShape, apply_shape
+from cortex.openai_compat.aggregate import apply_shape
+from cortex.openai_compat.models import ResultShape
 from cortex.serialization import encode_json
 from cortex.streaming import encode_event
 

@@ -38,14 +38,13 @@ from cortex.errors import (
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
 from cortex.jobs.ssrf import check_webhook_url_async
+from cortex.openai_compat.aggregate import apply_shape, as_stream_chunk
 from cortex.openai_compat.models import (
     DONE_FRAME,
     EncodingFormat,
     ResultShape,
     ShapeKind,
     StreamFramer,
-    apply_shape,
-    as_stream_chunk,
     encode_error,
     function_error_message,
     model_card,

@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 
 from cortex.errors import FunctionReportedError, IncompatibleResultError
-from cortex.openai_compat.models import (
-    ResultShape,
-    StreamFramer,
+from cortex.openai_compat.aggregate import (
     aggregate_chat,
     aggregate_completion,
     apply_shape,
     as_stream_chunk,
     chunk_pieces,
+)
+from cortex.openai_compat.models import (
+    ResultShape,
+    StreamFramer,
     encode_error,
     select_arguments,
     served_model,
