@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/hello-world
 PYTEST_ARGS ?=
 
-.PHONY: install install-ml serve-example test test-ml lint format typecheck check bench clean
+.PHONY: install install-ml serve-example test test-ml lint format typecheck check bench bench-llm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ check: lint typecheck test
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+
+# cortex serve + cortex.vllm against vLLM's own OpenAI server, same tiny model (needs .venv-ml).
+bench-llm: $(ML_STAMP)
+	$(ML_BIN)/python bench/llm.py
 
 clean:
 	rm -rf $(VENV) $(ML_VENV) .mypy_cache .ruff_cache .pytest_cache
