@@ -30,7 +30,6 @@ from cortex.errors import (
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
-from cortex.jobs.ssrf import check_webhook_url_async
 from cortex.openai_compat.routes import OpenAIRoutes, match_openai_path
 from cortex.responses import (
     SSE_HEADERS,
@@ -41,7 +40,7 @@ from cortex.responses import (
     send_json,
     wait_for_disconnect,
 )
-from cortex.run_routes import NO_OPTIONS, CallOptions, new_run_request, parse_call_options
+from cortex.run_routes import NO_OPTIONS, CallOptions, parse_call_options
 from cortex.serialization import encode_json
 from cortex.state import NOT_READY_MESSAGE, JobsRuntime, ServingState
 from cortex.streaming import encode_error_event, stream_async_generator, stream_sync_generator
@@ -135,9 +134,7 @@ class FunctionRoutes:
     ) -> None:
         """`?async=true` and/or `webhookEndpoint`: the run is recorded in the job store."""
         jobs = self._jobs()
-        if options.webhook_url is not None:
-            await check_webhook_url_async(options.webhook_url, jobs.webhook_allow)
-        request = new_run_request(spec, body, run_id, options, time.time())
+        request = await jobs.new_run(spec, body, run_id, options)
         if options.run_async:
             await jobs.runs.submit(request, self.state.settings.max_queue, send)
         else:

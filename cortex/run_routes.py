@@ -90,7 +90,7 @@ def _header_text(raw: bytes | None) -> str | None:
 
 
 def new_run_request(
-    spec: FunctionSpec, body: bytes, run_id: str, options: CallOptions, now: float
+    spec: FunctionSpec, body: bytes, run_id: str, options: CallOptions, now: float, shape: str | None = None
 ) -> RunRequest:
     return RunRequest(
         run_id=run_id,
@@ -104,6 +104,7 @@ def new_run_request(
         # Idempotency is for submitted runs; a sync call is answered in full every time.
         idempotency_key=options.idempotency_key if options.run_async else None,
         body_hash=hashlib.sha256(body).hexdigest() if options.idempotency_key and options.run_async else None,
+        shape=shape,
     )
 
 

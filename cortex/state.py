@@ -10,11 +10,12 @@ from pathlib import Path
 
 from cortex.concurrency import AdmissionGate, ThreadRunner
 from cortex.config import CerebriumConfig, Settings
-from cortex.discovery import Registry
+from cortex.discovery import FunctionSpec, Registry
 from cortex.jobs.models import Outcome, RunRequest
+from cortex.jobs.ssrf import check_webhook_url_async
 from cortex.jobs.store import JobStore
 from cortex.jobs.worker import RunWorker
-from cortex.run_routes import RunRoutes
+from cortex.run_routes import CallOptions, RunRoutes, new_run_request
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -34,6 +35,14 @@ class JobsRuntime:
     runs: RunRoutes
     webhook_allow: tuple[IPNetwork, ...]
     wake_dispatcher: Callable[[], None]
+
+    async def new_run(
+        self, spec: FunctionSpec, body: bytes, run_id: str, options: CallOptions, shape: str | None = None
+    ) -> RunRequest:
+        """The run to record for a call with options; a webhook URL must pass the SSRF guard."""
+        if options.webhook_url is not None:
+            await check_webhook_url_async(options.webhook_url, self.webhook_allow)
+        return new_run_request(spec, body, run_id, options, time.time(), shape)
 
     async def record_finished(self, request: RunRequest, outcome: Outcome) -> None:
         """A sync call that asked for a webhook: stored terminal, delivered by the dispatcher."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import time
@@ -37,7 +36,6 @@ from cortex.errors import (
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
-from cortex.jobs.ssrf import check_webhook_url_async
 from cortex.openai_compat.aggregate import apply_shape, as_stream_chunk
 from cortex.openai_compat.models import (
     DONE_FRAME,
@@ -53,7 +51,7 @@ from cortex.openai_compat.models import (
     served_model,
 )
 from cortex.responses import SSE_HEADERS, read_request, result_status, send_json, wait_for_disconnect
-from cortex.run_routes import CallOptions, new_run_request, parse_call_options
+from cortex.run_routes import CallOptions, parse_call_options
 from cortex.serialization import encode_json
 from cortex.state import NOT_READY_MESSAGE, JobsRuntime, ServingState
 from cortex.streaming import encode_event, stream_async_generator, stream_sync_generator
@@ -221,10 +219,7 @@ class OpenAIRoutes:
     ) -> None:
         """`?async=true` and/or `webhookEndpoint`: recorded in the job store with its shape."""
         jobs = self._jobs()
-        if options.webhook_url is not None:
-            await check_webhook_url_async(options.webhook_url, jobs.webhook_allow)
-        request = new_run_request(spec, body, run_id, options, self.clock())
-        request = dataclasses.replace(request, shape=shape.model_dump_json())
+        request = await jobs.new_run(spec, body, run_id, options, shape.model_dump_json())
         if options.run_async:
             await jobs.runs.submit(request, self.state.settings.max_queue, send)
         else:

@@ -92,7 +92,7 @@ def test_runner_never_starts_more_than_max_threads() -> None:
         at_once = await asyncio.gather(*(threads.run(threading.get_ident) for _ in range(50)))
         return one_by_one | set(at_once)
 
-    assert 1 <= len(with_threads(3, body)) <= 3
+    assert len(with_threads(3, body)) in (1, 2, 3)  # never more threads than max_threads
 
 
 def sleepers(count: int, max_threads: int) -> tuple[float, int]:
