@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -53,7 +54,9 @@ def _describe_problem(spec: FunctionSpec, err: Any) -> dict[str, Any]:
         return _describe_nested_problem(err)
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(spec.parameter_names) or "no parameters"
-        message = f"unexpected parameter '{name}' ({spec.name}() accepts: {accepted})"
+        close = difflib.get_close_matches(name, spec.parameter_names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        message = f"unexpected parameter '{name}' ({hint}{spec.name}() accepts: {accepted})"
         return {"parameter": name, "message": message}
     assert param is not None
     if err["type"] == "missing":

@@ -129,9 +129,17 @@ def test_every_problem_is_reported_in_one_message() -> None:
 
 def test_unknown_parameter_is_rejected_with_the_accepted_names() -> None:
     error = rejection(predict, b'{"prompt": "hi", "promt": "typo"}')
-    assert error.message == "predict(): unexpected parameter 'promt' (predict() accepts: prompt, n, tags)."
+    assert (
+        error.message == "predict(): unexpected parameter 'promt' (did you mean 'prompt'? "
+        "predict() accepts: prompt, n, tags)."
+    )
     assert error.details == [
-        {"parameter": "promt", "message": "unexpected parameter 'promt' (predict() accepts: prompt, n, tags)"}
+        {
+            "parameter": "promt",
+            "message": (
+                "unexpected parameter 'promt' (did you mean 'prompt'? predict() accepts: prompt, n, tags)"
+            ),
+        }
     ]
 
 
