@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from queue import SimpleQueue
@@ -176,3 +177,19 @@ else:  # pragma: no cover - Python 3.10 has no asyncio.timeout
             return await asyncio.wait_for(awaitable, seconds)
         except asyncio.TimeoutError:  # distinct from the builtin TimeoutError before 3.11
             raise DeadlineExceeded from None
+
+
+class RunClock:
+    """Times a function's own run: started once it is admitted, not while it waits in line."""
+
+    __slots__ = ("_started",)
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since start(); 0 when the function never started."""
+        return 0.0 if self._started is None else (time.perf_counter() - self._started) * 1000.0

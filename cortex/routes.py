@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from cortex.concurrency import DeadlineExceeded, run_with_deadline
+from cortex.concurrency import DeadlineExceeded, RunClock, run_with_deadline
 from cortex.discovery import FunctionKind, FunctionSpec
 from cortex.errors import (
     ClientDisconnectedError,
@@ -29,7 +28,7 @@ from cortex.errors import (
     StoreUnavailableError,
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
-from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
+from cortex.jobs.models import RunError, RunRequest, finished
 from cortex.openai_compat.routes import OpenAIRoutes, match_openai_path
 from cortex.responses import (
     SSE_HEADERS,
@@ -149,7 +148,7 @@ class FunctionRoutes:
         webhook: RunRequest | None = None,
     ) -> None:
         state = self.state
-        clock = _RunClock()
+        clock = RunClock()
         try:
             result = await run_with_deadline(
                 self._admit_and_invoke(spec, kwargs, run_id, clock), state.grace_seconds
@@ -173,12 +172,12 @@ class FunctionRoutes:
             error = RunError(type(exc).__name__, str(exc))
             status, body = 500, encode_failure(run_id, clock.elapsed_ms(), error.type, error.message)
         if webhook is not None:  # recorded before we answer, so the webhook cannot be lost
-            outcome = _outcome(clock.elapsed_ms(), result if error is None else None, error)
+            outcome = finished(clock.elapsed_ms(), encode_json(result) if error is None else None, error)
             await self._jobs().record_finished(webhook, outcome)
         await send_json(send, status, body, run_id)
 
     async def _admit_and_invoke(
-        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, clock: _RunClock
+        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, clock: RunClock
     ) -> Any:
         gate = self.state.gate
         await gate.enter()
@@ -237,23 +236,3 @@ class FunctionRoutes:
         watching.cancel()
         message = f"{spec.name}() streamed past response_grace_period ({grace:g} s); the stream was ended."
         await write(encode_error_event(TimeoutError(message), run_id, error_type="Timeout"))
-
-
-def _outcome(run_time_ms: float, result: Any, error: RunError | None) -> Outcome:
-    if error is not None:
-        return Outcome(RunStatus.FAILED, run_time_ms, error=error)
-    return Outcome(RunStatus.COMPLETED, run_time_ms, result_json=encode_json(result))
-
-
-class _RunClock:
-    __slots__ = ("_started",)
-
-    def __init__(self) -> None:
-        self._started: float | None = None
-
-    def start(self) -> None:
-        self._started = time.perf_counter()
-
-    def elapsed_ms(self) -> float:
-        """Milliseconds since start(); 0 when the function never started."""
-        return 0.0 if self._started is None else (time.perf_counter() - self._started) * 1000.0

@@ -130,6 +130,13 @@ class Delivery:
     cerebrium_secret: str | None = None
 
 
+def finished(run_time_ms: float, result_json: bytes | None, error: RunError | None) -> Outcome:
+    """How a call ended: failed with `error`, else completed with its JSON result."""
+    if error is not None:
+        return Outcome(RunStatus.FAILED, run_time_ms, error=error)
+    return Outcome(RunStatus.COMPLETED, run_time_ms, result_json=result_json)
+
+
 def webhook_payload(request: RunRequest, outcome: Outcome) -> bytes:
     """The body POSTed to a webhook: the sync envelope plus `status` (JSON bytes)."""
     parts = [

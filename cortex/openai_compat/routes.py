@@ -19,7 +19,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, from_json
 from starlette.types import Receive, Scope, Send
 
-from cortex.concurrency import DeadlineExceeded, run_with_deadline
+from cortex.concurrency import DeadlineExceeded, RunClock, run_with_deadline
 from cortex.discovery import FunctionKind, FunctionSpec
 from cortex.errors import (
     BadRequestError,
@@ -35,7 +35,7 @@ from cortex.errors import (
     ValidationFailedError,
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
-from cortex.jobs.models import Outcome, RunError, RunRequest, RunStatus
+from cortex.jobs.models import RunError, RunRequest, finished
 from cortex.openai_compat.aggregate import apply_shape, as_stream_chunk
 from cortex.openai_compat.models import (
     DONE_FRAME,
@@ -235,7 +235,7 @@ class OpenAIRoutes:
         as_stream: bool = False,
         webhook: RunRequest | None = None,
     ) -> None:
-        clock = _RunClock()
+        clock = RunClock()
         error: RunError | None = None
         try:
             result = await run_with_deadline(
@@ -257,7 +257,7 @@ class OpenAIRoutes:
             error = RunError(type(exc).__name__, str(exc))
             status, body = 500, encode_error(500, message, code)
         if webhook is not None:  # recorded before we answer, so the webhook cannot be lost
-            outcome = _outcome(clock.elapsed_ms(), body, error)
+            outcome = finished(clock.elapsed_ms(), body, error)
             await self._jobs().record_finished(webhook, outcome)
         if as_stream and error is None:  # a function that returns, called with stream: one chunk
             frames = encode_event(as_stream_chunk(answer)) + DONE_FRAME
@@ -266,7 +266,7 @@ class OpenAIRoutes:
             await send_json(send, status, body, run_id)
 
     async def _admit_and_invoke(
-        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, clock: _RunClock
+        self, spec: FunctionSpec, kwargs: dict[str, Any], run_id: str, clock: RunClock
     ) -> Any:
         gate = self.state.gate
         await gate.enter()
@@ -418,23 +418,3 @@ async def _send_sse(send: Send, run_id: str, body: bytes, more: bool) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     if body or not more:
         await send({"type": "http.response.body", "body": body, "more_body": more})
-
-
-def _outcome(run_time_ms: float, body: bytes, error: RunError | None) -> Outcome:
-    if error is not None:
-        return Outcome(RunStatus.FAILED, run_time_ms, error=error)
-    return Outcome(RunStatus.COMPLETED, run_time_ms, result_json=body)
-
-
-class _RunClock:
-    __slots__ = ("_started",)
-
-    def __init__(self) -> None:
-        self._started: float | None = None
-
-    def start(self) -> None:
-        self._started = time.perf_counter()
-
-    def elapsed_ms(self) -> float:
-        """Milliseconds since start(); 0 when the function never started."""
-        return 0.0 if self._started is None else (time.perf_counter() - self._started) * 1000.0
