@@ -384,6 +384,14 @@ class Settings:
     webhook_secret: str | None = None  # whsec_...; None: generated once, kept in the state dir
     webhook_retry_schedule: str | None = None  # "1,5,30": seconds between delivery attempts
     webhook_allow_cidrs: str | None = None  # "127.0.0.0/8": networks webhooks may target anyway
+    auth: bool | None = None  # None: on when cerebrium.toml says disable_auth = false
+    jwt_secret: str | None = None  # HS256 key, at least 32 bytes
+    jwt_public_key: str | None = None  # PEM text or a path to one: RS256 or ES256
+    jwt_audience: str | None = None  # required `aud` when set
+    jwt_issuer: str | None = None  # required `iss` when set
+    public_metadata: bool = False  # with auth on, /metrics, /docs and /openapi.json stay open too
+    request_read_timeout: float = 30.0  # seconds to receive a request's headers and body
+    keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection is kept open
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -422,6 +430,15 @@ def _integer(label: str, raw: object, minimum: int, expected: str) -> int:
     return value
 
 
+def _seconds(label: str, raw: object) -> float:
+    is_number = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+    is_numeral = isinstance(raw, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", raw) is not None
+    value = float(raw) if is_number or is_numeral else None  # type: ignore[arg-type]
+    if value is None or value <= 0:
+        raise ConfigError(f"{label}: expected a positive number of seconds, got {raw!r}")
+    return value
+
+
 def _text(label: str, raw: object, expected: str) -> str:
     if isinstance(raw, str) and raw.strip():
         return raw.strip()
@@ -450,4 +467,12 @@ _SETTING_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "webhook_secret": lambda label, raw: _text(label, raw, "a secret such as whsec_<base64>"),
     "webhook_retry_schedule": lambda label, raw: _text(label, raw, "seconds such as 1,5,30"),
     "webhook_allow_cidrs": lambda label, raw: _text(label, raw, "networks such as 127.0.0.0/8"),
+    "auth": _flag,
+    "jwt_secret": lambda label, raw: _text(label, raw, "a secret of at least 32 bytes"),
+    "jwt_public_key": lambda label, raw: _text(label, raw, "a PEM public key or the path to one"),
+    "jwt_audience": lambda label, raw: _text(label, raw, "the audience tokens must carry"),
+    "jwt_issuer": lambda label, raw: _text(label, raw, "the issuer tokens must carry"),
+    "public_metadata": _flag,
+    "request_read_timeout": lambda label, raw: _seconds(label, raw),
+    "keep_alive_timeout": lambda label, raw: _seconds(label, raw),
 }
