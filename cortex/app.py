@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from cortex.auth import Denial
 from cortex.discovery import FunctionSpec, Registry, discover
 from cortex.errors import CortexError
 from cortex.jobs.ssrf import parse_allow_cidrs
@@ -29,6 +30,7 @@ from cortex.jobs.webhooks import (
 )
 from cortex.jobs.worker import RunWorker, WorkerTimings
 from cortex.openapi import build_openapi
+from cortex.responses import encode_error, send_json
 from cortex.routes import FunctionRoutes
 from cortex.run_routes import RunRoutes
 from cortex.state import NOT_READY_MESSAGE, JobsRuntime, ServingState
@@ -52,10 +54,31 @@ class CortexApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.starlette(scope, receive, send)  # lifespan
-        elif scope["path"].startswith("/v4/"):
+            return
+        authenticator = self.state.authenticator
+        if authenticator is not None and not authenticator.is_open(scope["path"]):
+            decision = authenticator.check(_header(scope, b"authorization"))
+            if isinstance(decision, Denial):
+                await _refuse(decision, send)
+                return
+        if scope["path"].startswith("/v4/"):
             await self.functions(scope, receive, send)
         else:
             await self.starlette(scope, receive, _with_request_id(send))
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def _refuse(denial: Denial, send: Send) -> None:
+    """401/403 before anything else runs: not even which functions exist is told."""
+    body = encode_error(denial.code, denial.message)
+    header = (b"www-authenticate", denial.www_authenticate.encode("ascii"))
+    await send_json(send, denial.status, body, str(uuid.uuid4()), [header])
 
 
 def _with_request_id(send: Send) -> Send:
@@ -127,7 +150,7 @@ def build_app(
 async def _job_engine(state: ServingState) -> AsyncIterator[None]:
     """Open the store; run the worker (once main.py is loaded) and the webhook dispatcher."""
     settings = state.settings
-    store = store_from_url(settings.store, state.app_dir / STATE_DIR)
+    store = store_from_url(settings.store, state.app_dir / STATE_DIR, f"{state.project_id}/{state.app_name}")
     allow = tuple(parse_allow_cidrs(settings.webhook_allow_cidrs or ""))
     schedule = (
         parse_retry_schedule(settings.webhook_retry_schedule)

@@ -39,7 +39,11 @@ def _input_name(name: str, field: FieldInfo) -> str:
     return field.alias or name
 
 
-def curl_command(base_url: str, spec: FunctionSpec) -> str:
+# Double quotes so the shell expands the variable `describe_endpoints` tells the user to set.
+TOKEN_HEADER = '-H "Authorization: Bearer $CORTEX_TOKEN"'
+
+
+def curl_command(base_url: str, spec: FunctionSpec, with_token: bool = False) -> str:
     body = json.dumps(example_arguments(spec))
     parts = [
         "curl",
@@ -52,16 +56,22 @@ def curl_command(base_url: str, spec: FunctionSpec) -> str:
     if spec.kind.is_streaming:
         parts += ["-H", "accept: text/event-stream", "-N"]
     parts += ["-d", body]
-    return shlex.join(parts)
+    command = shlex.join(parts)
+    return f"{command} {TOKEN_HEADER}" if with_token else command
 
 
-def describe_endpoints(base_url: str, registry: Registry) -> list[str]:
+def describe_endpoints(base_url: str, registry: Registry, token_project: str | None = None) -> list[str]:
+    """With `token_project` (auth is on), the curl lines send a token the user is told how to mint."""
+    with_token = token_project is not None
     seconds = registry.import_seconds
     count = len(registry.functions)
     lines = [f"main.py imported in {seconds:.2f} s; {count} endpoint{'s' if count != 1 else ''}:"]
+    if with_token:
+        mint = f"export CORTEX_TOKEN=$(cortex token --project-id {token_project})"
+        lines.append(f"  Calls need a token (same CORTEX_JWT_SECRET as the server): {mint}")
     for spec in registry.functions.values():
         lines.append(f"  {spec.name}() [{spec.kind.value}]")
-        lines.append(f"    {curl_command(base_url, spec)}")
+        lines.append(f"    {curl_command(base_url, spec, with_token)}")
     if not registry.functions:
         lines.append("  (none: define a public function in main.py, e.g. def predict(prompt: str): ...)")
     return lines

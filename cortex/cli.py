@@ -58,6 +58,12 @@ def cli() -> None:
     is_flag=True,
     help="Log every request (off by default: it costs ~10% throughput).",
 )
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="Require a JWT bearer token on every call (env CORTEX_AUTH). "
+    "[default: on when cerebrium.toml has disable_auth = false]",
+)
 def serve(
     app_dir: Path,
     host: str,
@@ -67,6 +73,7 @@ def serve(
     reload: bool,
     debug: bool,
     access_log: bool,
+    auth: bool | None,
 ) -> None:
     """Serve the app in APP_DIR (default: the current directory).
 
@@ -76,8 +83,54 @@ def serve(
     from cortex.server import ServeOptions
     from cortex.server import serve as run_server
 
-    options = ServeOptions(app_dir, host, port, project_id, store, reload, debug, access_log)
+    options = ServeOptions(app_dir, host, port, project_id, store, reload, debug, access_log, auth)
     sys.exit(_run(lambda: run_server(options), debug))
+
+
+@cli.command()
+@click.option(
+    "--project-id",
+    envvar="CORTEX_PROJECT_ID",
+    default=None,
+    help="The projectId claim: the project the server serves (env CORTEX_PROJECT_ID).  [default: p-local]",
+)
+@click.option(
+    "--ttl", default=3600, show_default=True, type=click.IntRange(1), help="Seconds until it expires."
+)
+@click.option("--sub", default=None, help="The subject (sub claim), e.g. who the token is for.")
+def token(project_id: str | None, ttl: int, sub: str | None) -> None:
+    """Print an HS256 token signed with CORTEX_JWT_SECRET, for calling a server with auth on.
+
+    Audience and issuer come from CORTEX_JWT_AUDIENCE and CORTEX_JWT_ISSUER when set.
+    """
+    sys.exit(_run(lambda: _print_token(project_id, ttl, sub), debug=False))
+
+
+def _print_token(project_id: str | None, ttl: int, subject: str | None) -> int:
+    import time
+
+    from cortex.auth import mint_token
+    from cortex.config import load_settings
+    from cortex.errors import ConfigError
+
+    settings = load_settings(project_id=project_id)
+    if settings.jwt_secret is None:
+        raise ConfigError(
+            "CORTEX_JWT_SECRET is not set: export the same secret the server uses "
+            "(at least 32 bytes) and run cortex token again."
+        )
+    click.echo(
+        mint_token(
+            settings.jwt_secret,
+            settings.project_id,
+            ttl,
+            subject,
+            time.time(),
+            aud=settings.jwt_audience,
+            iss=settings.jwt_issuer,
+        )
+    )
+    return 0
 
 
 def _run(action: Callable[[], int], debug: bool) -> int:

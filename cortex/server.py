@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from cortex import __version__
 from cortex.app import CortexApp, build_app
+from cortex.auth import exposure_warning
 from cortex.banner import describe_endpoints
 from cortex.config import LoadedConfig, Settings, load_config, load_settings
 from cortex.discovery import Registry
@@ -42,21 +43,22 @@ class ServeOptions:
     reload: bool = False
     debug: bool = False
     access_log: bool = False
+    auth: bool | None = None  # None: CORTEX_AUTH, else cerebrium.toml's disable_auth
 
 
 def serve(options: ServeOptions) -> int:
     """Serve until stopped; the exit code is non-zero when main.py failed to load."""
     loaded = load_config(options.app_dir)  # fail fast, before a port is bound
-    settings = load_settings(project_id=options.project_id, store=options.store, debug=options.debug or None)
+    settings = _settings(options)
+    state = ServingState(options.app_dir, loaded.config, settings)  # checks the auth keys too
     sock = bind_socket(options.host, options.port)
     options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
-    _print_start(options, loaded, settings)
+    _print_start(options, loaded, state)
     if options.reload:
         sock.close()  # uvicorn's reloader binds the port itself
         _serve_with_reload(options)
         return 0
     failure: list[CortexError] = []
-    state = ServingState(options.app_dir, loaded.config, settings)
     server: uvicorn.Server
 
     def on_load_failed(exc: CortexError) -> None:
@@ -92,9 +94,15 @@ def reloadable_app() -> CortexApp:
     """uvicorn's factory in a `--reload` child: the parent's options, read back."""
     fields = json.loads(os.environ[_RELOAD_OPTIONS])
     options = ServeOptions(**{**fields, "app_dir": Path(fields["app_dir"])})
-    settings = load_settings(project_id=options.project_id, store=options.store, debug=options.debug or None)
-    state = ServingState(options.app_dir, load_config(options.app_dir).config, settings)
+    state = ServingState(options.app_dir, load_config(options.app_dir).config, _settings(options))
     return build_app(state, _announce(options, state))
+
+
+def _settings(options: ServeOptions) -> Settings:
+    """CORTEX_* variables, overridden by the flags that were given."""
+    return load_settings(
+        project_id=options.project_id, store=options.store, debug=options.debug or None, auth=options.auth
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -127,14 +135,20 @@ def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) 
     )
 
 
-def _print_start(options: ServeOptions, loaded: LoadedConfig, settings: Settings) -> None:
+def _print_start(options: ServeOptions, loaded: LoadedConfig, state: ServingState) -> None:
     for warning in loaded.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     name = loaded.config.deployment.name
     console.print(
         f"[bold]Cortex {__version__}[/] serving app [bold]{name}[/] of project "
-        f"[bold]{settings.project_id}[/] from {options.app_dir} on http://{options.host}:{options.port}"
+        f"[bold]{state.project_id}[/] from {options.app_dir} on http://{options.host}:{options.port}"
     )
+    authenticator = state.authenticator
+    if authenticator is not None:
+        console.print(f"Authentication: on (JWT bearer tokens, {authenticator.verifier.algorithms}).")
+    exposed = exposure_warning(options.host, authenticator is not None)
+    if exposed is not None:
+        console.print(f"[bold red]WARNING:[/] {escape(exposed)}")
 
 
 def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry], None]:
@@ -144,7 +158,8 @@ def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry]
 
     async def print_when_serving(registry: Registry) -> None:
         await _until_accepting(host, options.port)  # the import can beat uvicorn's startup
-        for line in describe_endpoints(base_url, registry):
+        token_project = None if state.authenticator is None else state.project_id
+        for line in describe_endpoints(base_url, registry, token_project):
             console.print(line, markup=False)
         console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
 

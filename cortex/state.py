@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cortex.auth import Authenticator, auth_enabled, verifier_from_settings
 from cortex.concurrency import AdmissionGate, ThreadRunner
 from cortex.config import CerebriumConfig, Settings
 from cortex.discovery import FunctionSpec, Registry
@@ -59,8 +60,15 @@ class ServingState:
     jobs: JobsRuntime | None = None  # None until the job store is open
     gate: AdmissionGate = field(init=False)
     threads: ThreadRunner = field(init=False)
+    authenticator: Authenticator | None = field(init=False)  # None: auth is off
 
     def __post_init__(self) -> None:
+        # ConfigError here (auth on without a key) stops the server before it listens.
+        self.authenticator = (
+            Authenticator(verifier_from_settings(self.settings), self.settings.public_metadata)
+            if auth_enabled(self.settings, self.config)
+            else None
+        )
         concurrency = self.config.scaling.replica_concurrency
         self.gate = AdmissionGate(concurrency, self.settings.max_queue)
         self.threads = ThreadRunner(concurrency + SPARE_THREADS)

@@ -1,0 +1,2 @@
+def whoami(name: str) -> dict:
+    return {"hello": name}
