@@ -25,6 +25,8 @@ from cortex.serialization import encode_json
 DEFAULT_RESULT_TTL = 3600
 TTL_HEADERS = (b"x-bf-async-job-result-ttl", b"x-cortex-result-ttl")
 LIST_LIMIT_MAX = 100
+MAX_RESULT_TTL = 366 * 24 * 3600  # a year; also keeps the expiry time a number SQLite can store
+MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer
 EVENTS_PAGE = 500
 EVENTS_POLL_SECONDS = 0.1
 
@@ -75,12 +77,22 @@ def _ttl(headers: dict[bytes, bytes]) -> int:
         if raw is None:
             continue
         text = raw.decode("latin-1").strip()
-        if not text.isdigit() or int(text) <= 0:
+        seconds = _whole_number(text, MAX_RESULT_TTL)
+        if seconds is None or seconds <= 0:
             raise BadRequestError(
-                f"Header {name.decode()} must be a positive whole number of seconds, got {text!r}."
+                f"Header {name.decode()} must be a whole number of seconds from 1 to {MAX_RESULT_TTL}, "
+                f"got {text[:40]!r}."
             )
-        return int(text)
+        return seconds
     return DEFAULT_RESULT_TTL
+
+
+def _whole_number(text: str, maximum: int) -> int | None:
+    """ASCII digits only (str.isdigit also takes '²', which int() refuses), at most `maximum`."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 def _header_text(raw: bytes | None) -> str | None:
@@ -247,16 +259,18 @@ def _status_filter(value: str | None) -> RunStatus | None:
 
 
 def _limit(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= LIST_LIMIT_MAX:
-        raise BadRequestError(f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}; got {value!r}.")
-    return int(value)
+    number = _whole_number(value, LIST_LIMIT_MAX)
+    if number is None or number < 1:
+        raise BadRequestError(f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}; got {value[:40]!r}.")
+    return number
 
 
 def _last_event_id(scope: Scope) -> int:
     for name, value in scope["headers"]:
         if name == b"last-event-id":
             text = value.decode("latin-1").strip()
-            if not text.lstrip("-").isdigit():
-                raise BadRequestError(f"Last-Event-ID must be an event number, got {text!r}.")
-            return int(text)
+            number = _whole_number(text.removeprefix("-"), MAX_EVENT_ID)
+            if number is None:
+                raise BadRequestError(f"Last-Event-ID must be an event number, got {text[:40]!r}.")
+            return -number if text.startswith("-") else number
     return -1

@@ -155,7 +155,7 @@ def is_delivered(status: int | None) -> bool:
 def retry_after_seconds(header: str, now: float) -> float | None:
     """A Retry-After value (delay-seconds or an HTTP-date) as seconds from `now`; None if invalid."""
     value = header.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²", which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -103,7 +103,7 @@ def test_a_ttl_that_is_not_a_positive_integer_is_400(jobs, ttl):
     response = submit(jobs, "add", {"a": 1, "b": 1}, headers={"x-cortex-result-ttl": ttl})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
-        f"Header x-cortex-result-ttl must be a positive whole number of seconds, got {ttl!r}."
+        f"Header x-cortex-result-ttl must be a whole number of seconds from 1 to 31622400, got {ttl!r}."
     )
 
 
