@@ -24,7 +24,6 @@ from cortex.jobs.sqlite_schema import (  # noqa: F401 - re-exported for callers 
     DELIVERIES,
     EVENTS,
     RUNS,
-    SCHEMA,
     SCHEMA_VERSION,
     SELECT_RUN,
     in_transaction,
@@ -32,6 +31,9 @@ from cortex.jobs.sqlite_schema import (  # noqa: F401 - re-exported for callers 
 )
 
 T = TypeVar("T")
+
+# For tools and tests that open a file directly; a server always passes its own (app.py).
+DEFAULT_NAMESPACE = "p-local/default"
 
 
 class SQLiteJobStore:
@@ -41,10 +43,15 @@ class SQLiteJobStore:
     blocks and this object's SQL is serialised; each mutating call is one BEGIN IMMEDIATE
     transaction, which is what makes two processes on the same file claim a run only once.
     A run's webhook status is that of its delivery: None until the run ends with a webhook.
+
+    `namespace` ("{project_id}/{app_name}") is the app this store serves: every call sees and
+    changes only that app's runs, so several apps may share one file (see JobStore).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, namespace: str = DEFAULT_NAMESPACE) -> None:
+        assert namespace, "a store serves one app: pass its namespace"
         self.path = path
+        self.namespace = namespace
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -54,7 +61,9 @@ class SQLiteJobStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cortex-sqlite")
         try:
             loop = asyncio.get_running_loop()
-            self._conn = await loop.run_in_executor(self._executor, open_connection, self.path)
+            self._conn = await loop.run_in_executor(
+                self._executor, open_connection, self.path, self.namespace
+            )
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -130,5 +139,5 @@ class SQLiteJobStore:
         # The connection is taken now, so a call made before close() still completes after it.
         conn, executor = self._conn, self._executor
         assert conn is not None and executor is not None, "SQLiteJobStore used while closed: open() it first"
-        call = functools.partial(tx.guarded, self.path, work, conn, *args)
+        call = functools.partial(tx.guarded, self.path, work, conn, self.namespace, *args)
         return await asyncio.get_running_loop().run_in_executor(executor, call)

@@ -1,6 +1,8 @@
 """The SQLite job store's transactions: one blocking function per JobStore operation.
 
 They run on the store's own thread (see sqlite_store.SQLiteJobStore); none touches the loop.
+Each takes the store's namespace after the connection and touches only that namespace's runs
+and deliveries (the sweep excepted): a run of another app is as unknown as one never submitted.
 """
 
 from __future__ import annotations
@@ -66,18 +68,21 @@ def _run_from_row(row: sqlite3.Row) -> Run:
     )
 
 
-def load(conn: sqlite3.Connection, run_id: str) -> Run | None:
-    row = conn.execute(f"{SELECT_RUN} WHERE r.run_id = ?", (run_id,)).fetchone()
+def load(conn: sqlite3.Connection, namespace: str, run_id: str) -> Run | None:
+    row = conn.execute(f"{SELECT_RUN} WHERE r.run_id = ? AND r.namespace = ?", (run_id, namespace)).fetchone()
     return None if row is None else _run_from_row(row)
 
 
-def _insert(conn: sqlite3.Connection, request: RunRequest, attempt: int, started_at: float | None) -> None:
+def _insert(
+    conn: sqlite3.Connection, namespace: str, request: RunRequest, attempt: int, started_at: float | None
+) -> None:
     conn.execute(
-        f"INSERT INTO {RUNS} (run_id, function, body, created_at, ttl_seconds, streaming, webhook_url,"
-        " webhook_secret, idempotency_key, body_hash, shape, status, attempt, started_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO {RUNS} (run_id, namespace, function, body, created_at, ttl_seconds, streaming,"
+        " webhook_url, webhook_secret, idempotency_key, body_hash, shape, status, attempt, started_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             request.run_id,
+            namespace,
             request.function,
             request.body,
             request.created_at,
@@ -95,8 +100,11 @@ def _insert(conn: sqlite3.Connection, request: RunRequest, attempt: int, started
     )
 
 
-def _terminate(conn: sqlite3.Connection, request: RunRequest, outcome: Outcome, now: float) -> None:
-    """End a run with `outcome` and queue its webhook: the caller's transaction makes it atomic."""
+def _terminate(
+    conn: sqlite3.Connection, namespace: str, request: RunRequest, outcome: Outcome, now: float
+) -> None:
+    """End a run of `namespace` with `outcome` and queue its webhook (atomic: the caller's
+    transaction)."""
     error = outcome.error
     conn.execute(
         f"UPDATE {RUNS} SET status = ?, completed_at = ?, expires_at = ?, lease_until = NULL,"
@@ -114,11 +122,12 @@ def _terminate(conn: sqlite3.Connection, request: RunRequest, outcome: Outcome, 
     )
     if request.webhook_url is not None:
         conn.execute(
-            f"INSERT INTO {DELIVERIES} (delivery_id, run_id, url, payload, cerebrium_secret,"
-            " next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {DELIVERIES} (delivery_id, run_id, namespace, url, payload, cerebrium_secret,"
+            " next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 f"msg_{uuid.uuid4().hex}",
                 request.run_id,
+                namespace,
                 request.webhook_url,
                 webhook_payload(request, outcome),
                 request.webhook_secret,
@@ -128,10 +137,14 @@ def _terminate(conn: sqlite3.Connection, request: RunRequest, outcome: Outcome, 
         )
 
 
-def submit(conn: sqlite3.Connection, request: RunRequest, max_pending: int) -> tuple[Run, bool]:
+def submit(
+    conn: sqlite3.Connection, namespace: str, request: RunRequest, max_pending: int
+) -> tuple[Run, bool]:
     key = request.idempotency_key
-    if key is not None:
-        row = conn.execute(f"{SELECT_RUN} WHERE r.idempotency_key = ?", (key,)).fetchone()
+    if key is not None:  # keys are per app: another app's run with this key is no conflict
+        row = conn.execute(
+            f"{SELECT_RUN} WHERE r.namespace = ? AND r.idempotency_key = ?", (namespace, key)
+        ).fetchone()
         existing = None if row is None else _run_from_row(row)
         if existing is not None and existing.is_expired(request.created_at):
             # Past its TTL the run answers 404, so the key is free again (swept here, not later).
@@ -144,24 +157,25 @@ def submit(conn: sqlite3.Connection, request: RunRequest, max_pending: int) -> t
                 f"{existing.run_id}). Use a new key for a new request."
             )
     # Count no further than the cap: the check costs O(CORTEX_MAX_QUEUE), not O(queue length).
+    # The cap is this app's queue: another app's backlog on the same file never refuses a run.
     pending = conn.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM {RUNS} WHERE status = ? LIMIT ?)",
-        (RunStatus.PENDING.value, max_pending),
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {RUNS} WHERE namespace = ? AND status = ? LIMIT ?)",
+        (namespace, RunStatus.PENDING.value, max_pending),
     ).fetchone()[0]
     if pending >= max_pending:
         raise OverloadedError(
             f"Too many queued runs: {pending} pending (CORTEX_MAX_QUEUE={max_pending}). Retry after a moment."
         )
-    _insert(conn, request, attempt=0, started_at=None)
-    run = load(conn, request.run_id)
+    _insert(conn, namespace, request, attempt=0, started_at=None)
+    run = load(conn, namespace, request.run_id)
     assert run is not None
     return run, True
 
 
-def claim(conn: sqlite3.Connection, now: float, lease_seconds: float) -> Run | None:
+def claim(conn: sqlite3.Connection, namespace: str, now: float, lease_seconds: float) -> Run | None:
     row = conn.execute(
-        f"SELECT run_id FROM {RUNS} WHERE status = ? ORDER BY created_at, position LIMIT 1",
-        (RunStatus.PENDING.value,),
+        f"SELECT run_id FROM {RUNS} WHERE namespace = ? AND status = ? ORDER BY created_at, position LIMIT 1",
+        (namespace, RunStatus.PENDING.value),
     ).fetchone()
     if row is None:
         return None
@@ -172,57 +186,70 @@ def claim(conn: sqlite3.Connection, now: float, lease_seconds: float) -> Run | N
         (RunStatus.PROCESSING.value, now, now + lease_seconds, run_id, RunStatus.PENDING.value),
     )
     conn.execute(f"DELETE FROM {EVENTS} WHERE run_id = ?", (run_id,))  # a new attempt restarts the stream
-    return load(conn, run_id)
+    return load(conn, namespace, run_id)
 
 
-def _is_current(conn: sqlite3.Connection, run_id: str, attempt: int) -> bool:
+def _is_current(conn: sqlite3.Connection, namespace: str, run_id: str, attempt: int) -> bool:
     row = conn.execute(
-        f"SELECT 1 FROM {RUNS} WHERE run_id = ? AND status = ? AND attempt = ?",
-        (run_id, RunStatus.PROCESSING.value, attempt),
+        f"SELECT 1 FROM {RUNS} WHERE run_id = ? AND namespace = ? AND status = ? AND attempt = ?",
+        (run_id, namespace, RunStatus.PROCESSING.value, attempt),
     ).fetchone()
     return row is not None
 
 
-def heartbeat(conn: sqlite3.Connection, run_id: str, attempt: int, lease_until: float) -> bool:
+def heartbeat(
+    conn: sqlite3.Connection, namespace: str, run_id: str, attempt: int, lease_until: float
+) -> bool:
     cursor = conn.execute(
-        f"UPDATE {RUNS} SET lease_until = ? WHERE run_id = ? AND status = ? AND attempt = ?",
-        (lease_until, run_id, RunStatus.PROCESSING.value, attempt),
+        f"UPDATE {RUNS} SET lease_until = ?"
+        " WHERE run_id = ? AND namespace = ? AND status = ? AND attempt = ?",
+        (lease_until, run_id, namespace, RunStatus.PROCESSING.value, attempt),
     )
     return cursor.rowcount == 1
 
 
-def finish(conn: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome, now: float) -> Run | None:
-    run = load(conn, run_id)
-    if run is None or not _is_current(conn, run_id, attempt):
+def finish(
+    conn: sqlite3.Connection, namespace: str, run_id: str, attempt: int, outcome: Outcome, now: float
+) -> Run | None:
+    run = load(conn, namespace, run_id)
+    if run is None or not _is_current(conn, namespace, run_id, attempt):
         return None  # cancelled, re-queued or recovered meanwhile: this result is discarded
-    _terminate(conn, run.request, outcome, now)
-    return load(conn, run_id)
+    _terminate(conn, namespace, run.request, outcome, now)
+    return load(conn, namespace, run_id)
 
 
-def record_finished(conn: sqlite3.Connection, request: RunRequest, outcome: Outcome, now: float) -> Run:
+def record_finished(
+    conn: sqlite3.Connection, namespace: str, request: RunRequest, outcome: Outcome, now: float
+) -> Run:
     # It ran once, just now: its start is inferred from its own run time.
-    _insert(conn, request, attempt=1, started_at=now - outcome.run_time_ms / 1000)
-    _terminate(conn, request, outcome, now)
-    run = load(conn, request.run_id)
+    _insert(conn, namespace, request, attempt=1, started_at=now - outcome.run_time_ms / 1000)
+    _terminate(conn, namespace, request, outcome, now)
+    run = load(conn, namespace, request.run_id)
     assert run is not None
     return run
 
 
-def cancel(conn: sqlite3.Connection, run_id: str, now: float) -> tuple[Run | None, RunStatus | None]:
-    run = load(conn, run_id)
+def cancel(
+    conn: sqlite3.Connection, namespace: str, run_id: str, now: float
+) -> tuple[Run | None, RunStatus | None]:
+    run = load(conn, namespace, run_id)
     if run is None:
         return None, None
     if run.status.is_terminal:
         return run, run.status
     started = run.started_at if run.status is RunStatus.PROCESSING else None
     elapsed_ms = 0.0 if started is None else max(0.0, (now - started) * 1000)
-    _terminate(conn, run.request, Outcome(RunStatus.CANCELLED, elapsed_ms, error=CANCELLED_ERROR), now)
-    return load(conn, run_id), run.status
+    cancelled = Outcome(RunStatus.CANCELLED, elapsed_ms, error=CANCELLED_ERROR)
+    _terminate(conn, namespace, run.request, cancelled, now)
+    return load(conn, namespace, run_id), run.status
 
 
-def recover(conn: sqlite3.Connection, now: float, max_attempts: int) -> tuple[int, int]:
+def recover(conn: sqlite3.Connection, namespace: str, now: float, max_attempts: int) -> tuple[int, int]:
+    # Only this app's runs: another app's functions may not exist here, and its own servers
+    # re-queue them (running here would also mix up which app's limits and secrets apply).
     rows = conn.execute(
-        f"{SELECT_RUN} WHERE r.status = ? AND r.lease_until < ?", (RunStatus.PROCESSING.value, now)
+        f"{SELECT_RUN} WHERE r.namespace = ? AND r.status = ? AND r.lease_until < ?",
+        (namespace, RunStatus.PROCESSING.value, now),
     ).fetchall()
     requeued = failed = 0
     for run in map(_run_from_row, rows):
@@ -233,7 +260,7 @@ def recover(conn: sqlite3.Connection, now: float, max_attempts: int) -> tuple[in
                 f"(CORTEX_MAX_ATTEMPTS={max_attempts}).",
             )
             # The attempt's own run time died with the process that measured it.
-            _terminate(conn, run.request, Outcome(RunStatus.FAILED, 0.0, error=error), now)
+            _terminate(conn, namespace, run.request, Outcome(RunStatus.FAILED, 0.0, error=error), now)
             failed += 1
         else:
             conn.execute(
@@ -245,9 +272,9 @@ def recover(conn: sqlite3.Connection, now: float, max_attempts: int) -> tuple[in
 
 
 def append_events(
-    conn: sqlite3.Connection, run_id: str, attempt: int, first_seq: int, chunks: list[bytes]
+    conn: sqlite3.Connection, namespace: str, run_id: str, attempt: int, first_seq: int, chunks: list[bytes]
 ) -> bool:
-    if not _is_current(conn, run_id, attempt):
+    if not _is_current(conn, namespace, run_id, attempt):
         return False
     conn.executemany(
         f"INSERT INTO {EVENTS} (run_id, seq, data) VALUES (?, ?, ?)",
@@ -257,11 +284,13 @@ def append_events(
 
 
 def events_after(
-    conn: sqlite3.Connection, run_id: str, after_seq: int, limit: int
+    conn: sqlite3.Connection, namespace: str, run_id: str, after_seq: int, limit: int
 ) -> list[tuple[int, bytes]]:
+    # One SELECT, so it is consistent without a transaction; the EXISTS is evaluated once.
     rows = conn.execute(
-        f"SELECT seq, data FROM {EVENTS} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (run_id, after_seq, limit),
+        f"SELECT seq, data FROM {EVENTS} WHERE run_id = ? AND seq > ?"
+        f" AND EXISTS (SELECT 1 FROM {RUNS} WHERE run_id = ? AND namespace = ?) ORDER BY seq LIMIT ?",
+        (run_id, after_seq, run_id, namespace, limit),
     ).fetchall()
     return [(row["seq"], row["data"]) for row in rows]
 
@@ -283,10 +312,15 @@ def _decode_cursor(cursor: str) -> tuple[float, int]:
 
 
 def list_runs(
-    conn: sqlite3.Connection, status: RunStatus | None, function: str | None, limit: int, cursor: str | None
+    conn: sqlite3.Connection,
+    namespace: str,
+    status: RunStatus | None,
+    function: str | None,
+    limit: int,
+    cursor: str | None,
 ) -> tuple[list[Run], str | None]:
-    where: list[str] = ["1"]
-    params: list[Any] = []
+    where: list[str] = ["r.namespace = ?"]
+    params: list[Any] = [namespace]
     if status is not None:
         where.append("r.status = ?")
         params.append(status.value)
@@ -306,12 +340,13 @@ def list_runs(
 
 
 def claim_deliveries(
-    conn: sqlite3.Connection, now: float, limit: int, lease_seconds: float
+    conn: sqlite3.Connection, namespace: str, now: float, limit: int, lease_seconds: float
 ) -> list[Delivery]:
+    # Only this app's: each app signs its webhooks with its own secret.
     rows = conn.execute(
-        f"SELECT * FROM {DELIVERIES} WHERE status = ? AND next_attempt_at <= ?"
+        f"SELECT * FROM {DELIVERIES} WHERE namespace = ? AND status = ? AND next_attempt_at <= ?"
         " ORDER BY next_attempt_at, position LIMIT ?",
-        (WebhookStatus.PENDING.value, now, limit),
+        (namespace, WebhookStatus.PENDING.value, now, limit),
     ).fetchall()
     leased_until = now + lease_seconds  # another dispatcher sees them as not due until then
     conn.executemany(
@@ -334,6 +369,7 @@ def claim_deliveries(
 
 def record_delivery(
     conn: sqlite3.Connection,
+    namespace: str,
     delivery_id: str,
     attempts: int,
     delivered: bool,
@@ -348,8 +384,8 @@ def record_delivery(
         status = WebhookStatus.FAILED
     conn.execute(
         f"UPDATE {DELIVERIES} SET attempts = ?, status = ?, last_error = ?,"
-        " next_attempt_at = COALESCE(?, next_attempt_at) WHERE delivery_id = ?",
-        (attempts, status.value, error, next_attempt_at, delivery_id),
+        " next_attempt_at = COALESCE(?, next_attempt_at) WHERE delivery_id = ? AND namespace = ?",
+        (attempts, status.value, error, next_attempt_at, delivery_id, namespace),
     )
 
 
@@ -360,6 +396,10 @@ def _delete_runs(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) 
     return conn.execute(f"DELETE FROM {RUNS} WHERE {where}", params).rowcount
 
 
-def sweep_expired(conn: sqlite3.Connection, now: float) -> int:
+def sweep_expired(conn: sqlite3.Connection, namespace: str, now: float) -> int:
+    """Across namespaces, on purpose: expiry is the run's own TTL, chosen when it was submitted,
+    and an expired run already answers 404 to its own app, so deleting it changes what no app
+    sees; scoped, the runs of an app no longer served on this file would stay on disk forever.
+    `namespace` is unused: it is there because every transaction is called with it."""
     # Only terminal runs have an expires_at, so a pending or processing run is never swept.
     return _delete_runs(conn, "expires_at <= ?", (now,))

@@ -10,10 +10,20 @@ from cortex.jobs.models import Delivery, Outcome, Run, RunRequest, RunStatus
 
 
 class JobStore(Protocol):
-    """Durable runs, their stream events and the webhook outbox.
+    """Durable runs, their stream events and the webhook outbox, of one app.
 
     Every method is a coroutine; an implementation keeps blocking I/O off the event loop.
     Times are UNIX seconds passed in by the caller (so tests can set the clock).
+
+    Namespaces: a store is built for one namespace, `"{project_id}/{app_name}"`, and several
+    stores (processes, projects, apps) may share one backing file or server. Everything a store
+    does is scoped to its namespace: a run of another namespace is, to every method, exactly an
+    unknown run (`get` None, `cancel` (None, None), `heartbeat`/`append_events` False, `finish`
+    None, `events_after` [], never listed), so callers cannot even tell that it exists. `claim`
+    and `recover` take only this namespace's runs; idempotency keys and the `max_pending` cap are
+    per namespace; `claim_deliveries` and `record_delivery` see only this namespace's webhooks
+    (each app signs with its own secret). Run ids are unique across namespaces (uuid4s).
+    `sweep_expired` is the one exception allowed (see there).
     """
 
     async def open(self) -> None: ...
@@ -21,24 +31,29 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
 
     async def submit(self, request: RunRequest, max_pending: int) -> tuple[Run, bool]:
-        """Commit a new pending run; (run, True) once it is durable.
+        """Commit a new pending run of this namespace; (run, True) once it is durable.
 
-        With an idempotency key seen before: (that run, False) when the body hash matches,
-        IdempotencyConflictError when it does not. OverloadedError when `max_pending` runs are
+        With an idempotency key seen before in this namespace: (that run, False) when the body
+        hash matches, IdempotencyConflictError when it does not (the same key in another
+        namespace is another run). OverloadedError when `max_pending` runs of this namespace are
         already pending.
         """
         ...
 
-    async def get(self, run_id: str) -> Run | None: ...
+    async def get(self, run_id: str) -> Run | None:
+        """The run, or None when it is unknown: never submitted, swept, or of another namespace."""
+        ...
 
     async def list_runs(
         self, status: RunStatus | None, function: str | None, limit: int, cursor: str | None
     ) -> tuple[list[Run], str | None]:
-        """Newest first; the second value is the cursor of the next page, None at the end."""
+        """This namespace's runs, newest first; the second value is the cursor of the next page,
+        None at the end."""
         ...
 
     async def claim(self, now: float, lease_seconds: float) -> Run | None:
-        """The oldest pending run, now processing under a lease, with its attempt number + 1."""
+        """The oldest pending run of this namespace, now processing under a lease, with its
+        attempt number + 1. Never a run of another namespace, however old."""
         ...
 
     async def heartbeat(self, run_id: str, attempt: int, lease_until: float) -> bool:
@@ -65,18 +80,22 @@ class JobStore(Protocol):
         ...
 
     async def recover(self, now: float, max_attempts: int) -> tuple[int, int]:
-        """Processing runs whose lease ran out: back to pending, or failed with error type
-        `Interrupted` once `max_attempts` attempts were made. Returns (requeued, failed)."""
+        """Processing runs of this namespace whose lease ran out: back to pending, or failed with
+        error type `Interrupted` once `max_attempts` attempts were made. Returns (requeued, failed).
+        Another namespace's runs are its own servers' to recover."""
         ...
 
     async def append_events(self, run_id: str, attempt: int, first_seq: int, chunks: list[bytes]) -> bool:
         """Record stream chunks numbered first_seq, first_seq + 1, ...; False if the attempt is stale."""
         ...
 
-    async def events_after(self, run_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]: ...
+    async def events_after(self, run_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` (seq, chunk) after `after_seq`, in order; [] for an unknown run."""
+        ...
 
     async def claim_deliveries(self, now: float, limit: int, lease_seconds: float) -> list[Delivery]:
-        """Deliveries due now, leased so that no other dispatcher sends them meanwhile."""
+        """This namespace's deliveries due now, leased so that no other dispatcher sends them
+        meanwhile (a dispatcher of another namespace never sees them)."""
         ...
 
     async def record_delivery(
@@ -87,25 +106,34 @@ class JobStore(Protocol):
         next_attempt_at: float | None,
         error: str | None,
     ) -> None:
-        """After an attempt: delivered, retried at `next_attempt_at`, or failed for good (None)."""
+        """After an attempt: delivered, retried at `next_attempt_at`, or failed for good (None).
+        A delivery of another namespace is left alone."""
         ...
 
     async def sweep_expired(self, now: float) -> int:
-        """Delete terminal runs past their TTL (with their events and deliveries); the count."""
+        """Delete terminal runs past their TTL (with their events and deliveries); the count.
+
+        At least this namespace's; a store may sweep other namespaces' expired runs too (the
+        SQLite store does: an expired run already answers 404 to its own app, and no app on a
+        shared file is then left to keep its dead runs forever). Never a run before its expiry.
+        """
         ...
 
 
 DEFAULT_STORE_FILE = "runs.db"
 
 
-def store_from_url(url: str | None, state_dir: Path) -> JobStore:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir."""
+def store_from_url(url: str | None, state_dir: Path, namespace: str) -> JobStore:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir.
+
+    The store serves `namespace`, `"{project_id}/{app_name}"`, and only it (see JobStore).
+    """
     from cortex.jobs.sqlite_store import SQLiteJobStore  # lazily: Redis stores will need extras
 
     if url is None:
-        return SQLiteJobStore(state_dir / DEFAULT_STORE_FILE)
+        return SQLiteJobStore(state_dir / DEFAULT_STORE_FILE, namespace)
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return SQLiteJobStore(Path(url[len("sqlite:///") :]))
+        return SQLiteJobStore(Path(url[len("sqlite:///") :]), namespace)
     raise StoreError(
         f"CORTEX_STORE: unsupported store URL {url!r}. Use sqlite:///path/to/runs.db "
         "(sqlite:////abs/path for an absolute path)."

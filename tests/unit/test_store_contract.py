@@ -20,10 +20,13 @@ T = TypeVar("T")
 NOW = 1000.0
 LEASE = 30.0
 HOOK = "https://example.com/hook"
+NAMESPACE = "p-one/app"
+OTHER_NAMESPACE = "p-two/app"  # another project's app, on the same backing store
 
-# Each factory builds an unopened store in a fresh directory; the Redis store joins here later.
-STORES: dict[str, Callable[[Path], JobStore]] = {
-    "sqlite": lambda directory: SQLiteJobStore(directory / "runs.db"),
+# Each factory builds an unopened store of a namespace, backed by what lives in a directory (so
+# two calls with one directory share their data); the Redis store joins here later.
+STORES: dict[str, Callable[[Path, str], JobStore]] = {
+    "sqlite": lambda directory, namespace: SQLiteJobStore(directory / "runs.db", namespace),
 }
 
 
@@ -41,11 +44,27 @@ def completed(run_time_ms: float = 12.5, result: bytes = b'{"text":"hi"}') -> Ou
 
 
 @pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    job_store = STORES[request.param](tmp_path)
+def kind(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def opened_store(kind: str, directory: Path, namespace: str) -> Iterator[JobStore]:
+    job_store = STORES[kind](directory, namespace)
     sync(job_store.open())
     yield job_store
     sync(job_store.close())
+
+
+@pytest.fixture
+def store(kind: str, tmp_path: Path) -> Iterator[JobStore]:
+    yield from opened_store(kind, tmp_path, NAMESPACE)
+
+
+@pytest.fixture
+def neighbour(kind: str, tmp_path: Path, store: JobStore) -> Iterator[JobStore]:
+    """Another app's store on the same data as `store` (opened after it)."""
+    yield from opened_store(kind, tmp_path, OTHER_NAMESPACE)
 
 
 def submit(store: JobStore, run_id: str, max_pending: int = 100, **changes: Any) -> Run:
@@ -509,3 +528,111 @@ def test_sweep_deletes_expired_runs_with_their_events_and_deliveries(store: JobS
         RunStatus.PENDING,
     ]
     assert sync(store.sweep_expired(NOW + 10_000)) == 1  # "long"; unfinished runs never expire
+
+
+# --- namespaces: another app's runs on the same backing store are unknown runs ---------------
+
+
+def test_a_run_of_another_namespace_is_unknown(store: JobStore, neighbour: JobStore) -> None:
+    run = submit(store, "r1", webhook_url=HOOK, streaming=True)
+    assert sync(neighbour.get("r1")) is None
+    assert sync(neighbour.list_runs(None, None, 10, None)) == ([], None)
+    assert sync(neighbour.list_runs(RunStatus.PENDING, "predict", 10, None)) == ([], None)
+    assert sync(neighbour.cancel("r1", NOW)) == (None, None)  # as for "nope": nothing changes
+    assert get(store, "r1") == run
+    assert sync(store.list_runs(None, None, 10, None)) == ([run], None)
+
+
+def test_claim_takes_only_runs_of_its_namespace(store: JobStore, neighbour: JobStore) -> None:
+    submit(store, "mine-old", created_at=50.0)  # older than anything of the neighbour's
+    submit(neighbour, "theirs", created_at=100.0)
+    claimed = sync(neighbour.claim(NOW, LEASE))
+    assert claimed is not None and claimed.run_id == "theirs"
+    assert sync(neighbour.claim(NOW, LEASE)) is None
+    assert get(store, "mine-old").status is RunStatus.PENDING
+    mine = sync(store.claim(NOW, LEASE))
+    assert mine is not None and mine.run_id == "mine-old"
+    assert sync(store.claim(NOW, LEASE)) is None
+
+
+def test_another_namespace_cannot_touch_a_running_attempt(store: JobStore, neighbour: JobStore) -> None:
+    running = start(store, "r1", streaming=True)
+    assert not sync(neighbour.heartbeat("r1", 1, NOW + 100))
+    assert not sync(neighbour.append_events("r1", 1, 1, [b"forged"]))
+    assert sync(neighbour.finish("r1", 1, completed(), NOW + 1)) is None
+    assert sync(neighbour.cancel("r1", NOW + 1)) == (None, None)
+    assert get(store, "r1") == running
+    assert sync(store.events_after("r1", 0, 100)) == []
+    assert sync(store.finish("r1", 1, completed(), NOW + 2)) is not None
+
+
+def test_events_of_another_namespace_are_not_read(store: JobStore, neighbour: JobStore) -> None:
+    start(store, "r1", streaming=True)
+    assert sync(store.append_events("r1", 1, 1, [b"a", b"b"]))
+    sync(store.finish("r1", 1, completed(), NOW + 1))
+    assert sync(neighbour.events_after("r1", 0, 100)) == []
+    assert sync(store.events_after("r1", 0, 100)) == [(1, b"a"), (2, b"b")]
+
+
+def test_idempotency_keys_are_per_namespace(store: JobStore, neighbour: JobStore) -> None:
+    mine = submit(store, "r1", idempotency_key="order-42", body_hash="h1")
+    # Another body under the same key: in another app that is another request, not a conflict.
+    theirs, created = sync(
+        neighbour.submit(request_for("r2", idempotency_key="order-42", body_hash="h2"), 10)
+    )
+    assert created and theirs.run_id == "r2"
+    again, created = sync(store.submit(request_for("r3", idempotency_key="order-42", body_hash="h1"), 10))
+    assert (again, created) == (mine, False)
+    again, created = sync(neighbour.submit(request_for("r4", idempotency_key="order-42", body_hash="h2"), 10))
+    assert (again, created) == (theirs, False)
+    with pytest.raises(IdempotencyConflictError):
+        sync(neighbour.submit(request_for("r5", idempotency_key="order-42", body_hash="h1"), 10))
+
+
+def test_the_pending_limit_counts_only_its_namespace(store: JobStore, neighbour: JobStore) -> None:
+    submit(store, "r1", max_pending=1)
+    submit(neighbour, "r2", max_pending=1)  # the other app's queue is full, not this one's
+    with pytest.raises(OverloadedError):
+        sync(store.submit(request_for("r3"), 1))
+
+
+def test_recover_takes_only_runs_of_its_namespace(store: JobStore, neighbour: JobStore) -> None:
+    start(store, "mine")
+    start(neighbour, "theirs")
+    expired = NOW + LEASE + 1  # both leases ran out
+    assert sync(neighbour.recover(expired, 1)) == (0, 1)
+    assert get(neighbour, "theirs").status is RunStatus.FAILED
+    assert get(store, "mine").status is RunStatus.PROCESSING
+    assert sync(neighbour.recover(expired, 3)) == (0, 0)
+    assert sync(store.recover(expired, 3)) == (1, 0)
+    assert get(store, "mine").status is RunStatus.PENDING
+
+
+def test_deliveries_are_claimed_only_in_their_namespace(store: JobStore, neighbour: JobStore) -> None:
+    start(store, "mine", webhook_url=HOOK)
+    sync(store.finish("mine", 1, completed(), NOW))
+    sync(neighbour.record_finished(request_for("theirs", webhook_url=HOOK), completed(), NOW + 1))
+    [theirs] = sync(neighbour.claim_deliveries(NOW + 1, 10, LEASE))
+    assert theirs.run_id == "theirs"
+    assert sync(neighbour.claim_deliveries(NOW + 1, 10, LEASE)) == []
+    [mine] = sync(store.claim_deliveries(NOW + 1, 10, LEASE))
+    assert mine.run_id == "mine"
+    # Recording an attempt on another namespace's delivery changes nothing.
+    sync(neighbour.record_delivery(mine.delivery_id, 1, True, None, None))
+    assert (get(store, "mine").webhook_status, get(store, "mine").webhook_attempts) == (
+        WebhookStatus.PENDING,
+        0,
+    )
+    sync(store.record_delivery(mine.delivery_id, 1, True, None, None))
+    assert get(store, "mine").webhook_status is WebhookStatus.DELIVERED
+    assert get(neighbour, "theirs").webhook_status is WebhookStatus.PENDING
+
+
+def test_sweep_never_deletes_a_live_run_of_either_namespace(store: JobStore, neighbour: JobStore) -> None:
+    start(store, "mine", ttl_seconds=100)
+    sync(store.finish("mine", 1, completed(), NOW))  # expires at NOW + 100
+    start(neighbour, "theirs", ttl_seconds=10)
+    sync(neighbour.finish("theirs", 1, completed(), NOW))  # expires at NOW + 10
+    assert sync(neighbour.sweep_expired(NOW + 10)) == 1
+    assert sync(neighbour.get("theirs")) is None
+    assert get(store, "mine").status is RunStatus.COMPLETED
