@@ -25,6 +25,7 @@ from cortex.banner import describe_endpoints
 from cortex.config import LoadedConfig, Settings, load_config, load_settings
 from cortex.discovery import Registry
 from cortex.errors import CortexError, ServeError
+from cortex.http_protocol import connection_options
 from cortex.state import ServingState
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -87,6 +88,8 @@ def _serve_with_reload(options: ServeOptions) -> None:
         port=options.port,
         access_log=options.access_log,
         log_config=_log_config(options.debug),
+        # The child builds its ServingState from the same variables; the limits must match it.
+        **connection_options(_settings(options)),
     )
 
 
@@ -132,6 +135,8 @@ def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) 
         lifespan="on",
         # SIGTERM: stop accepting, let in-flight calls finish for up to the grace period.
         timeout_graceful_shutdown=int(state.grace_seconds),
+        # Read deadline, 431 for oversized heads, keep-alive timeout: see cortex.http_protocol.
+        **connection_options(state.settings),
     )
 
 

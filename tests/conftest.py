@@ -26,6 +26,7 @@ import uvicorn
 
 from cortex.app import build_app
 from cortex.config import load_config, load_settings
+from cortex.http_protocol import connection_options
 from cortex.state import ServingState
 
 TESTS = Path(__file__).parent
@@ -68,7 +69,9 @@ def serving(app_dir: Path, wait_ready: bool = True, **settings: Any) -> Iterator
     app = build_app(state)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # kernel-chosen port: parallel tests never collide
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # The same protocol and limits as `cortex serve`, so every e2e test runs through them.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **connection_options(state.settings))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), timeout=10, what="startup")
