@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -142,3 +143,23 @@ def test_cerebrium_toml_disable_auth_false_turns_auth_on() -> None:
         token = hs256(claims(aud=None, iss=None))
         response = httpx.post(f"{served.base}/whoami", json={"name": "a"}, headers=bearer(token))
         assert response.json()["result"] == {"hello": "a"}
+
+
+def test_a_run_of_another_project_is_404_even_with_a_valid_token(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    settings = {"auth": True, "jwt_secret": SECRET, "store": store}
+    with (
+        serving(APPS / "echo", project_id="p-one", **settings) as one,
+        serving(APPS / "echo", project_id="p-two", **settings) as two,
+    ):
+        token_one = bearer(hs256(claims(projectId="p-one", aud=None, iss=None)))
+        token_two = bearer(hs256(claims(projectId="p-two", aud=None, iss=None)))
+        submitted = httpx.post(f"{one.base}/predict?async=true", json={"prompt": "x"}, headers=token_one)
+        run_id = submitted.json()["run_id"]
+        assert httpx.get(f"{one.base}/runs/{run_id}", headers=token_one).status_code in (200, 202)
+        theirs = httpx.get(f"{two.base}/runs/{run_id}", headers=token_two)
+        unknown = httpx.get(f"{two.base}/runs/{uuid.uuid4()}", headers=token_two)
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
+        # and the other project's token is refused outright on the run's own server
+        assert httpx.get(f"{one.base}/runs/{run_id}", headers=token_two).status_code == 403
