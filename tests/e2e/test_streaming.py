@@ -94,8 +94,11 @@ def test_client_disconnect_closes_the_generator(words, tmp_path: Path, function)
         lines = response.iter_lines()
         assert next(lines) == 'data: {"i":0}'
     # The client is gone: the generator's `finally` must run soon, not never.
-    wait_for(marker.exists, timeout=5, what=f"{function}() to be closed")
-    assert marker.read_text() == "closed"
+    # exists() can see the file between its creation and its write; wait for the content.
+    closed = wait_for(
+        lambda: marker.exists() and marker.read_text(), timeout=5, what=f"{function}() to be closed"
+    )
+    assert closed == "closed"
     time.sleep(0.2)
     assert words.state.gate.active == 0  # the slot was given back
 

@@ -459,6 +459,7 @@ def test_run_forever_is_woken_survives_store_errors_and_stops_when_cancelled(tmp
             first = await finished_run(store, url, clock.now)
             dispatcher.wake()
             await until(lambda: len(got.requests) == 1)
+            await delivered(store, first)  # recorded, so closing the store cannot lose the record
             await store.close()  # every store call fails now...
             dispatcher.wake()
             await until(lambda: "claiming deliveries failed" in caplog.text)
@@ -477,6 +478,13 @@ def test_run_forever_is_woken_survives_store_errors_and_stops_when_cancelled(tmp
 
     with caplog.at_level(logging.ERROR, logger="cortex.webhooks"):
         with_store(tmp_path, test)
+
+
+async def delivered(store: SQLiteJobStore, run_id: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while (await webhook_of(store, run_id))[1] is not WebhookStatus.DELIVERED:
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
