@@ -32,10 +32,6 @@ from cortex.jobs.sqlite_schema import (  # noqa: F401 - re-exported for callers 
 
 T = TypeVar("T")
 
-# For tools and tests that open a file directly; a server always passes its own (app.py).
-DEFAULT_NAMESPACE = "p-local/default"
-
-
 class SQLiteJobStore:
     """JobStore on one SQLite file, safe to share between processes.
 
@@ -48,7 +44,7 @@ class SQLiteJobStore:
     changes only that app's runs, so several apps may share one file (see JobStore).
     """
 
-    def __init__(self, path: Path, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, path: Path, namespace: str) -> None:
         assert namespace, "a store serves one app: pass its namespace"
         self.path = path
         self.namespace = namespace

@@ -282,7 +282,7 @@ def test_410_gone_stops_retries(receiver):
 
 def with_store(tmp_path: Path, test: Callable[[SQLiteJobStore], Awaitable[None]]) -> None:
     async def main() -> None:
-        store = SQLiteJobStore(tmp_path / "runs.db")
+        store = SQLiteJobStore(tmp_path / "runs.db", "p-test/app")
         await store.open()
         try:
             await test(store)

@@ -215,7 +215,7 @@ def test_a_path_under_a_file_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("not a directory")
     path = tmp_path / "taken" / "runs.db"
     with pytest.raises(StoreError) as caught:
-        sync(SQLiteJobStore(path).open())
+        sync(SQLiteJobStore(path, "p-test/app").open())
     assert str(caught.value) == (
         f"Cannot open the job store {path}: cannot create the directory {tmp_path / 'taken'} (File exists). "
         "Check that the path is a writable file (or can be created), or point CORTEX_STORE at another file."
@@ -224,7 +224,7 @@ def test_a_path_under_a_file_is_a_store_error(tmp_path: Path) -> None:
 
 def test_a_directory_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as caught:
-        sync(SQLiteJobStore(tmp_path).open())
+        sync(SQLiteJobStore(tmp_path, "p-test/app").open())
     assert str(caught.value).startswith(
         f"Cannot open the job store {tmp_path}: unable to open database file."
     )
@@ -234,7 +234,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     path.write_bytes(b"these are not the runs you are looking for" * 100)
     with pytest.raises(StoreError) as caught:
-        sync(SQLiteJobStore(path).open())
+        sync(SQLiteJobStore(path, "p-test/app").open())
     assert str(caught.value).startswith(f"Cannot open the job store {path}: file is not a database.")
 
 
@@ -244,7 +244,7 @@ def test_a_store_written_by_a_newer_cortex_is_refused(tmp_path: Path) -> None:
     raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(StoreError) as caught:
-        sync(SQLiteJobStore(path).open())
+        sync(SQLiteJobStore(path, "p-test/app").open())
     assert str(caught.value) == (
         f"The job store {path} was written by a newer Cortex (schema 99; this one reads {SCHEMA_VERSION}). "
         "Upgrade Cortex, or point CORTEX_STORE at another file."
