@@ -11,13 +11,25 @@ from pydantic_core import to_jsonable_python
 
 from cortex import __version__
 from cortex.discovery import FunctionSpec, Registry
-from cortex.openapi_runs import CALL_PARAMETERS, RUN_SCHEMA, run_paths
+from cortex.openai_compat.models import served_model
+from cortex.openapi_openai import TAG as OPENAI_TAG
+from cortex.openapi_openai import openai_components, openai_paths
+from cortex.openapi_runs import ACCEPTED_RESPONSE, CALL_PARAMETERS, RUN_SCHEMA, SSE_EVENT, run_paths
+from cortex.openapi_runs import TAG as RUNS_TAG
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 # Cortex's own components, named so that a user's `Error` model cannot replace them.
 ERROR_SCHEMA = "CortexError"
 FAILURE_SCHEMA = "CortexRunFailure"
 RUN_SCHEMA_NAME = "CortexRun"
+FUNCTIONS_TAG = "Functions"
+SERVICE_TAG = "Service"
+TAGS = [
+    {"name": FUNCTIONS_TAG, "description": "The public functions of main.py"},
+    {"name": OPENAI_TAG, "description": "Functions behind OpenAI's API, for the official clients"},
+    {"name": RUNS_TAG, "description": "Async runs: poll, list, cancel, replay events"},
+    {"name": SERVICE_TAG, "description": "Liveness, readiness and this document"},
+]
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -66,12 +78,17 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
         ERROR_SCHEMA: _ERROR_SCHEMA,
         FAILURE_SCHEMA: _FAILURE_SCHEMA,
         RUN_SCHEMA_NAME: RUN_SCHEMA,
+        **openai_components(),
     }
-    paths = {
-        f"{base_path}/{spec.name}": {"post": _operation(spec, requests[spec.name], results[spec.name])}
-        for spec in specs
-    }
-    paths.update(run_paths(base_path, _ref(RUN_SCHEMA_NAME), _ref(ERROR_SCHEMA)))
+    paths: dict[str, Any] = {}
+    for spec in specs:
+        path = f"{base_path}/{spec.name}"
+        paths[path] = {"post": _operation(spec, requests[spec.name], results[spec.name])}
+        model = served_model(spec.func, registry.module, app_name)
+        paths.update(openai_paths(path, spec, requests[spec.name], model))
+    for path, item in run_paths(base_path, _ref(RUN_SCHEMA_NAME), _ref(ERROR_SCHEMA)).items():
+        paths[path] = {**paths.get(path, {}), **item}  # a function named `runs` keeps its POST
+    paths.update(_service_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -79,6 +96,7 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
             "version": __version__,
             "description": f"Served by Cortex {__version__}",
         },
+        "tags": TAGS,
         "paths": paths,
         "components": {"schemas": schemas},
     }
@@ -150,29 +168,24 @@ def _operation(spec: FunctionSpec, request: dict[str, Any], result: dict[str, An
     }
     ok: dict[str, Any] = {"application/json": {"schema": envelope}}
     if spec.kind.is_streaming:
-        ok["text/event-stream"] = {"schema": {"type": "string"}}
+        ok["text/event-stream"] = {"schema": SSE_EVENT}
     responses: dict[str, Any] = {"200": {"description": "The function's result", "content": ok}}
     for status, why in _REJECTIONS.items():
         responses[status] = _json_response(why, ERROR_SCHEMA)
     responses["500"] = _json_response("The function raised, or its result is not JSON", FAILURE_SCHEMA)
     responses["504"] = _json_response("The call outlived response_grace_period", FAILURE_SCHEMA)
-    responses["202"] = {
-        "description": "With ?async=true: accepted; poll the Location header",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"run_id": {"type": "string"}, "status": {"const": "pending"}},
-                }
-            }
-        },
-    }
+    responses["202"] = ACCEPTED_RESPONSE
     return {
         "operationId": spec.name,
+        "tags": [FUNCTIONS_TAG],
         "summary": spec.doc.splitlines()[0] if spec.doc else f"Call {spec.name}()",
         "description": _describe(spec),
         "parameters": CALL_PARAMETERS,
-        "requestBody": {"required": False, "content": {"application/json": {"schema": request}}},
+        "requestBody": {
+            # An empty body means no arguments: it is only enough when none is required.
+            "required": any(param.required for param in spec.parameters),
+            "content": {"application/json": {"schema": request}},
+        },
         "responses": responses,
     }
 
@@ -202,13 +215,64 @@ def _describe(spec: FunctionSpec) -> str:
     return text.strip()
 
 
+def _service_paths() -> dict[str, Any]:
+    error = _json_response("Not ready yet, or the document could not be built", ERROR_SCHEMA)
+    ready = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["ready", "loading"]},
+            "functions": {"type": "array", "items": {"type": "string"}},
+            "message": {"type": "string"},
+        },
+    }
+
+    def get(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": operation_id,
+                "tags": [SERVICE_TAG],
+                "summary": summary,
+                "responses": responses,
+            }
+        }
+
+    return {
+        "/health": get(
+            "health",
+            "Liveness: the server answers",
+            {
+                "200": _json_schema_response(
+                    "Alive", {"type": "object", "properties": {"status": {"const": "ok"}}}
+                )
+            },
+        ),
+        "/ready": get(
+            "ready",
+            "Readiness: main.py is imported",
+            {
+                "200": _json_schema_response("Ready, with the functions served", ready),
+                "503": _json_schema_response("main.py is still being imported; see Retry-After", ready),
+            },
+        ),
+        "/openapi.json": get(
+            "openapi",
+            "This document",
+            {"200": _json_schema_response("OpenAPI 3.1", {"type": "object"}), "500": error, "503": error},
+        ),
+    }
+
+
 def _ref(schema: str) -> str:
     return REF_TEMPLATE.format(model=schema)
 
 
 def _json_response(description: str, schema: str) -> dict[str, Any]:
-    ref = {"$ref": _ref(schema)}
-    return {"description": description, "content": {"application/json": {"schema": ref}}}
+    return _json_schema_response(description, {"$ref": _ref(schema)})
+
+
+def _json_schema_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _request_schema(spec: FunctionSpec, generated: dict[str, Any] | None) -> dict[str, Any]:

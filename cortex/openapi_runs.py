@@ -1,8 +1,10 @@
-"""The OpenAPI description of async runs: call options and the /runs endpoints (static)."""
+"""The OpenAPI description of async runs (static): call options, the 202 answer, /runs endpoints, SSE."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from cortex.run_routes import DEFAULT_RESULT_TTL, LIST_LIMIT_MAX, MAX_EVENT_ID, MAX_RESULT_TTL
 
 _STRING = {"type": "string"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -24,9 +26,10 @@ CALL_PARAMETERS: list[dict[str, Any]] = [
     {
         "name": "x-bf-async-job-result-ttl",
         "in": "header",
-        "schema": {"type": "integer", "minimum": 1},
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RESULT_TTL},
         "description": (
-            "Seconds the result is kept after the run ends (default 3600). Also x-cortex-result-ttl."
+            f"Seconds the result is kept after the run ends (default {DEFAULT_RESULT_TTL}, at most a "
+            "year). Also x-cortex-result-ttl."
         ),
     },
     {
@@ -43,13 +46,49 @@ CALL_PARAMETERS: list[dict[str, Any]] = [
     },
 ]
 
+TAG = "Runs"
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "schema": {"type": "integer", "minimum": -MAX_EVENT_ID, "maximum": MAX_EVENT_ID},
+    "description": "Resume after this event's `id:` (what an EventSource sends when it reconnects).",
+}
+# One Server-Sent Event. Before OpenAPI 3.2 (`itemSchema`), a text/event-stream `schema` is read
+# as the schema of each event of the stream.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "title": "Server-Sent Event",
+    "properties": {
+        "event": _STRING,
+        "data": _STRING,
+        "id": _STRING,
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_STATUS = {"enum": ["pending", "processing", "completed", "failed", "cancelled"]}
+ACCEPTED_RESPONSE: dict[str, Any] = {
+    "description": (
+        "With ?async=true: accepted; poll the Location header. `pending`, unless an Idempotency-Key "
+        "names a run submitted before: that run as it is now."
+    ),
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["run_id", "status"],
+                "properties": {"run_id": _STRING, "status": _STATUS},
+            }
+        }
+    },
+}
+
 RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["run_id", "function", "status", "created_at", "started_at"],
     "properties": {
         "run_id": _STRING,
         "function": _STRING,
-        "status": {"enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+        "status": _STATUS,
         "created_at": _TIME,
         "started_at": _TIME,
         "completed_at": _TIME,
@@ -80,6 +119,7 @@ def run_paths(base_path: str, run_ref: str, error_ref: str) -> dict[str, Any]:
         f"{base_path}/runs": {
             "get": {
                 "operationId": "list_runs",
+                "tags": [TAG],
                 "summary": "List runs, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": RUN_SCHEMA["properties"]["status"]},
@@ -87,7 +127,7 @@ def run_paths(base_path: str, run_ref: str, error_ref: str) -> dict[str, Any]:
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX},
                     },
                     {"name": "cursor", "in": "query", "schema": _STRING},
                 ],
@@ -109,6 +149,7 @@ def run_paths(base_path: str, run_ref: str, error_ref: str) -> dict[str, Any]:
         f"{base_path}/runs/{{run_id}}": {
             "get": {
                 "operationId": "get_run",
+                "tags": [TAG],
                 "summary": "Poll a run",
                 "parameters": [run_id],
                 "responses": {
@@ -119,6 +160,7 @@ def run_paths(base_path: str, run_ref: str, error_ref: str) -> dict[str, Any]:
             },
             "delete": {
                 "operationId": "cancel_run",
+                "tags": [TAG],
                 "summary": "Cancel a run",
                 "parameters": [run_id],
                 "responses": {
@@ -131,13 +173,15 @@ def run_paths(base_path: str, run_ref: str, error_ref: str) -> dict[str, Any]:
         f"{base_path}/runs/{{run_id}}/events": {
             "get": {
                 "operationId": "run_events",
+                "tags": [TAG],
                 "summary": "Replay a generator run's chunks as Server-Sent Events",
-                "parameters": [run_id, {"name": "Last-Event-ID", "in": "header", "schema": _STRING}],
+                "parameters": [run_id, _LAST_EVENT_ID],
                 "responses": {
                     "200": {
                         "description": "The events, then live ones",
-                        "content": {"text/event-stream": {"schema": _STRING}},
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}},
                     },
+                    "400": answer("Last-Event-ID is not an event number", error),
                     "404": answer("Unknown, expired, or not a generator run", error),
                 },
             }

@@ -8,7 +8,7 @@ import struct
 from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticSerializationError
 
 from cortex.errors import IncompatibleResultError
@@ -31,6 +31,67 @@ class ResultShape(BaseModel):
     kind: ShapeKind
     model: str  # reported when the function's output names none
     encoding_format: EncodingFormat = "float"  # embeddings only
+
+
+class _Request(BaseModel):
+    """What OpenAI clients send. It documents the routes (/openapi.json); the routes themselves
+    pass the body's keys to the function (see select_arguments), which validates them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="The model asked for; passed on only to a function that declares it.")
+
+
+class _Generation(_Request):
+    stream: bool | None = Field(None, description="true: Server-Sent Events, ending with `data: [DONE]`.")
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class ChatRequestMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatRequestMessage]
+    max_completion_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+    suffix: str | None = None
+
+
+class EmbeddingsRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: EncodingFormat | None = Field(
+        None, description="float (default) or base64 of little-endian float32."
+    )
+    dimensions: int | None = None
+    user: str | None = None
 
 
 class _Wire(BaseModel):

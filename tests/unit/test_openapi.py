@@ -117,12 +117,38 @@ def test_document_passes_the_openapi_3_1_validator(document: dict[str, Any]) -> 
     assert errors == []
 
 
+def tagged(document: dict[str, Any], tag: str) -> list[str]:
+    """`METHOD path` of each operation with `tag`, in document order."""
+    return [
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if tag in op["tags"]
+    ]
+
+
 def test_each_function_has_one_post_path(document: dict[str, Any]) -> None:
     names = ["predict", "configure", "stream_words", "tokens", "passthrough", "odd_default"]
-    functions = [path for path in document["paths"] if "/runs" not in path]
-    assert functions == [f"{BASE}/{name}" for name in names]
-    assert all(list(document["paths"][path]) == ["post"] for path in functions)
+    assert tagged(document, "Functions") == [f"POST {BASE}/{name}" for name in names]
     assert [operation(document, name)["operationId"] for name in names] == names
+
+
+def test_every_operation_is_tagged_and_every_tag_is_declared(document: dict[str, Any]) -> None:
+    declared = [tag["name"] for tag in document["tags"]]
+    assert declared == ["Functions", "OpenAI-compatible", "Runs", "Service"]
+    operations = [op for item in document["paths"].values() for op in item.values()]
+    assert all(len(op["tags"]) == 1 and op["tags"][0] in declared for op in operations)
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids))
+
+
+def test_health_ready_and_the_document_itself_are_described(document: dict[str, Any]) -> None:
+    assert tagged(document, "Service") == ["GET /health", "GET /ready", "GET /openapi.json"]
+    ready = document["paths"]["/ready"]["get"]["responses"]
+    assert set(ready) == {"200", "503"}
+    assert ready["503"]["content"]["application/json"]["schema"]["properties"]["status"] == {
+        "enum": ["ready", "loading"]
+    }
 
 
 def test_request_schema_lists_parameters_required_and_defaults(document: dict[str, Any]) -> None:
@@ -151,8 +177,11 @@ def test_default_without_a_json_form_is_left_out(document: dict[str, Any]) -> No
     assert "default" not in request_schema(document, "odd_default")["properties"]["marker"]
 
 
-def test_request_body_is_optional_because_an_empty_body_means_no_arguments(document: dict[str, Any]) -> None:
-    assert operation(document, "predict")["requestBody"]["required"] is False
+def test_request_body_is_required_only_by_functions_with_a_required_parameter(
+    document: dict[str, Any],
+) -> None:
+    assert operation(document, "predict")["requestBody"]["required"] is True  # prompt
+    assert operation(document, "odd_default")["requestBody"]["required"] is False  # an empty body is {}
 
 
 def test_nested_models_are_hoisted_into_components(document: dict[str, Any]) -> None:
@@ -203,7 +232,8 @@ def test_result_of_an_unannotated_function_is_open(document: dict[str, Any]) -> 
 @pytest.mark.parametrize("name", ["stream_words", "tokens"])
 def test_generators_offer_an_event_stream_or_a_list(document: dict[str, Any], name: str) -> None:
     content = operation(document, name)["responses"]["200"]["content"]
-    assert content["text/event-stream"] == {"schema": {"type": "string"}}
+    event = content["text/event-stream"]["schema"]  # each event, as OpenAPI 3.2's itemSchema
+    assert set(event["properties"]) == {"event", "data", "id", "retry"}
     assert content["application/json"]["schema"]["properties"]["result"] == {"type": "array"}
     assert "text/event-stream" in operation(document, name)["description"]
 
@@ -220,14 +250,24 @@ def test_summary_is_the_first_docstring_line(document: dict[str, Any]) -> None:
     assert operation(document, "configure")["description"] == ""
 
 
-def test_app_without_functions_documents_only_the_runs_endpoints() -> None:
+def test_app_without_functions_documents_only_the_runs_and_service_endpoints() -> None:
     empty = build_openapi(BASE, "empty", Registry(types.ModuleType("main"), {}, 0.0))
     assert list(empty["paths"]) == [
         f"{BASE}/runs",
         f"{BASE}/runs/{{run_id}}",
         f"{BASE}/runs/{{run_id}}/events",
+        "/health",
+        "/ready",
+        "/openapi.json",
     ]
     assert list(OpenAPIV31SpecValidator(empty).iter_errors()) == []
+
+
+def test_a_function_named_runs_keeps_its_post_beside_the_runs_list(app_dir: Path) -> None:
+    (app_dir / "main.py").write_text("def runs(prompt: str):\n    return prompt\n")
+    document = build_openapi(BASE, "runs-app", discover(app_dir))
+    assert list(document["paths"][f"{BASE}/runs"]) == ["post", "get"]
+    assert not any(path.startswith(f"{BASE}/runs/") and "{run_id}" not in path for path in document["paths"])
 
 
 # Name clashes and hints without a JSON schema
