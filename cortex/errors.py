@@ -94,6 +94,10 @@ class MethodNotAllowedError(RequestError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, allow: str = "POST") -> None:
+        super().__init__(message)
+        self.allow = allow  # sent as the Allow header
+
 
 class PayloadTooLargeError(RequestError):
     status = 413

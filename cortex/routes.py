@@ -78,7 +78,7 @@ class FunctionRoutes:
         except RequestError as exc:
             extra = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
             if isinstance(exc, MethodNotAllowedError):
-                extra.append((b"allow", b"POST"))
+                extra.append((b"allow", exc.allow.encode()))
             await send_json(send, exc.status, encode_request_error(exc), run_id, extra)
         except ClientDisconnectedError:
             return

@@ -15,7 +15,13 @@ from pydantic_core import from_json
 from starlette.types import Receive, Scope, Send
 
 from cortex.discovery import FunctionSpec
-from cortex.errors import BadRequestError, ConflictError, NotFoundError, RunExpiredError
+from cortex.errors import (
+    BadRequestError,
+    ConflictError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RunExpiredError,
+)
 from cortex.jobs.models import Run, RunRequest, RunStatus
 from cortex.jobs.store import JobStore
 from cortex.jobs.worker import RunWorker
@@ -142,16 +148,15 @@ class RunRoutes:
     async def handle(self, scope: Scope, receive: Receive, send: Send, rest: list[str]) -> None:
         """`rest` is the path after /runs: [] (list), [id] (poll, cancel), [id, "events"]."""
         method = scope["method"]
-        if not rest and method == "GET":
+        _check_method(method, scope["path"], rest)
+        if not rest:
             await self._list(scope, send)
         elif len(rest) == 1 and method == "GET":
             await self._poll(rest[0], send)
-        elif len(rest) == 1 and method == "DELETE":
+        elif len(rest) == 1:
             await self._cancel(rest[0], send)
-        elif len(rest) == 2 and rest[1] == "events" and method == "GET":
-            await self._events(rest[0], scope, receive, send)
         else:
-            raise NotFoundError(f"No route {method} {scope['path']}.")
+            await self._events(rest[0], scope, receive, send)
 
     async def _live_run(self, run_id: str) -> Run:
         run = await self.store.get(run_id)
@@ -215,6 +220,15 @@ class RunRoutes:
             if finished:
                 return
             await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+
+def _check_method(method: str, path: str, rest: list[str]) -> None:
+    """404 for a path under /runs that does not exist, 405 (with Allow) for a wrong method."""
+    if len(rest) > 2 or (len(rest) == 2 and rest[1] != "events"):
+        raise NotFoundError(f"No route {method} {path}.")
+    allow = "GET, DELETE" if len(rest) == 1 else "GET"
+    if method not in allow.split(", "):
+        raise MethodNotAllowedError(f"Use {allow} on {path}; got {method}.", allow)
 
 
 def describe_run(run: Run) -> dict[str, Any]:

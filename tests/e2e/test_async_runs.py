@@ -353,3 +353,27 @@ def test_sync_calls_with_a_webhook_run_every_time_even_with_an_idempotency_key(j
     assert (first.status_code, second.status_code) == (200, 200)
     assert first.json()["run_id"] != second.json()["run_id"]
     assert len(webhook_receiver.wait_for(2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("PUT", "runs", "GET"), ("POST", "runs/r1", "GET, DELETE"), ("DELETE", "runs/r1/events", "GET")],
+)
+def test_a_wrong_method_on_a_runs_route_is_405_naming_the_allowed_ones(jobs, method, path, allow):
+    with jobs.client() as client:
+        response = client.request(method, f"{jobs.base}/{path}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {
+        "error": {
+            "code": "method_not_allowed",
+            "message": f"Use {allow} on {jobs.state.base_path}/{path}; got {method}.",
+        }
+    }
+
+
+def test_an_unknown_path_under_runs_is_404(jobs):
+    with jobs.client() as client:
+        response = client.get(f"{jobs.base}/runs/r1/other")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
