@@ -32,6 +32,7 @@ from cortex.jobs.sqlite_schema import (  # noqa: F401 - re-exported for callers 
 
 T = TypeVar("T")
 
+
 class SQLiteJobStore:
     """JobStore on one SQLite file, safe to share between processes.
 
