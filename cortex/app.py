@@ -217,7 +217,8 @@ async def _load(
 def _document(state: ServingState, registry: Registry) -> tuple[int, bytes]:
     """The OpenAPI document; a failure to describe the app never keeps it from serving."""
     try:
-        return 200, to_json(build_openapi(state.base_path, state.app_name, registry))
+        is_open = None if state.authenticator is None else state.authenticator.is_open
+        return 200, to_json(build_openapi(state.base_path, state.app_name, registry, is_open))
     except Exception as exc:
         logger.exception("Could not build the OpenAPI document")
         message = f"The OpenAPI document could not be built: {type(exc).__name__}: {exc}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -70,7 +71,10 @@ _REJECTIONS = {
 }
 
 
-def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str, Any]:
+def build_openapi(
+    base_path: str, app_name: str, registry: Registry, is_open: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
+    """The document; with `is_open` (auth is on), every other path requires a bearer token."""
     specs = list(registry.functions.values())
     requests, results, definitions = _generate_schemas(specs)
     schemas = {
@@ -89,6 +93,10 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
     for path, item in run_paths(base_path, _ref(RUN_SCHEMA_NAME), _ref(ERROR_SCHEMA)).items():
         paths[path] = {**paths.get(path, {}), **item}  # a function named `runs` keeps its POST
     paths.update(_service_paths())
+    components: dict[str, Any] = {"schemas": schemas}
+    if is_open is not None:
+        components["securitySchemes"] = {BEARER_SCHEME: _BEARER}
+        _require_tokens(paths, is_open)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -98,8 +106,30 @@ def build_openapi(base_path: str, app_name: str, registry: Registry) -> dict[str
         },
         "tags": TAGS,
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": components,
     }
+
+
+BEARER_SCHEME = "bearerAuth"
+_BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "projectId claim"}
+_AUTH_REFUSALS = {
+    "401": "No token, or one that is invalid or expired; see WWW-Authenticate",
+    "403": "A valid token for another project",
+}
+
+
+def _require_tokens(paths: dict[str, Any], is_open: Callable[[str], bool]) -> None:
+    refusals = {status: _json_response(why, ERROR_SCHEMA) for status, why in _AUTH_REFUSALS.items()}
+    for path, item in paths.items():
+        if not is_open(path):  # copies: parts of an operation may be shared constants
+            paths[path] = {
+                method: {
+                    **operation,
+                    "security": [{BEARER_SCHEME: []}],
+                    "responses": {**refusals, **operation["responses"]},
+                }
+                for method, operation in item.items()
+            }
 
 
 _Key = tuple[str, str]  # (function name, "request" | "result")

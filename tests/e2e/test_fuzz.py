@@ -29,7 +29,10 @@ from schemathesis.specs.openapi.checks import (
 
 from cortex.errors import WebhookRefusedError
 from cortex.jobs.ssrf import check_webhook_url, parse_allow_cidrs
+from tests.auth_tokens import SECRET, claims, hs256
 from tests.conftest import APPS, Served, WebhookReceiver, serving
+
+PROJECT = "p-local"  # the fuzz target's own; a token for it
 
 EXAMPLES = 20  # per operation and generation mode
 MINIMUM_CASES = 1000
@@ -141,6 +144,7 @@ def fuzz(
     mode: GenerationMode,
     tally: Tally,
     receiver: str,
+    headers: dict[str, str],
 ) -> None:
     @SETTINGS
     @given(case_strategy)
@@ -148,7 +152,7 @@ def fuzz(
         if case.query and "webhookEndpoint" in case.query:
             case.query["webhookEndpoint"] = local_webhook(case.query["webhookEndpoint"], receiver)
             assert_resolves_nothing(case.query["webhookEndpoint"])
-        response = case.call(base_url=served.url, timeout=30)
+        response = case.call(base_url=served.url, headers=headers, timeout=30)
         content_type = (response.headers.get("content-type") or [""])[0]
         problem = error_shape_problem(response.status_code, content_type, response.content)
         if problem is None:
@@ -173,12 +177,24 @@ def can_be_wrong(operation: Any) -> bool:
     return bool(operation.body or operation.query)
 
 
+AUTH_SETTINGS = {"auth": True, "jwt_secret": SECRET, "project_id": PROJECT}
+
+
 @pytest.mark.timeout(180)
-def test_every_operation_answers_documented_json_errors_and_no_5xx(webhook_receiver: WebhookReceiver) -> None:
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+def test_every_operation_answers_documented_json_errors_and_no_5xx(
+    webhook_receiver: WebhookReceiver, auth: bool
+) -> None:
+    """With auth on, every case carries a valid token: auth must not change any other answer."""
     tally = Tally()
     receiver = urlsplit(webhook_receiver.url).netloc
-    with serving(APPS / "fuzz_target", webhook_allow_cidrs=LOCAL) as served:
-        schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json", config=schemathesis.Config())
+    settings = AUTH_SETTINGS if auth else {}
+    token = hs256(claims(projectId=PROJECT, aud=None, iss=None))
+    headers = {"authorization": f"Bearer {token}"} if auth else {}
+    with serving(APPS / "fuzz_target", webhook_allow_cidrs=LOCAL, **settings) as served:
+        schema = schemathesis.openapi.from_url(
+            f"{served.url}/openapi.json", config=schemathesis.Config(), headers=headers
+        )
         operations = [result.ok() for result in schema.get_all_operations()]
         documented = {
             (method.upper(), path) for path, item in schema.raw_schema["paths"].items() for method in item
@@ -188,13 +204,13 @@ def test_every_operation_answers_documented_json_errors_and_no_5xx(webhook_recei
         for operation in operations:
             modes = list(GenerationMode) if can_be_wrong(operation) else [GenerationMode.POSITIVE]
             for mode in modes:
-                fuzz(served, operation.as_strategy(generation_mode=mode), mode, tally, receiver)
+                fuzz(served, operation.as_strategy(generation_mode=mode), mode, tally, receiver, headers)
         # The run routes again, on real runs: one of each function that was submitted.
         run_ids = [ids[0] for ids in tally.run_ids.values()]
         for operation in (op for op in operations if "{run_id}" in op.path):
             for run_id in run_ids:
                 strategy = operation.as_strategy(path_parameters={"run_id": run_id})
-                fuzz(served, strategy, GenerationMode.POSITIVE, tally, receiver)
+                fuzz(served, strategy, GenerationMode.POSITIVE, tally, receiver, headers)
     report = "\n".join(f"{key}\n  {example}" for key, example in sorted(tally.failures.items()))
     assert not tally.failures, f"{len(tally.failures)} kinds of failure:\n{report}"
     assert tally.cases >= MINIMUM_CASES, tally.statuses

@@ -330,3 +330,21 @@ def test_hint_without_a_json_schema_is_documented_as_open() -> None:
     schema = request_schema(document, "encode")
     assert schema["properties"] == {"tokenizer": {}, "text": {"type": "string"}}
     assert schema["required"] == ["tokenizer", "text"]
+
+
+def test_with_auth_every_path_but_the_open_ones_requires_a_bearer_token(app_dir: Path) -> None:
+    (app_dir / "main.py").write_text(textwrap.dedent(MAIN))
+    open_paths = {"/health", "/ready"}
+    secured = build_openapi(BASE, "my-app", discover(app_dir), is_open=open_paths.__contains__)
+    assert [error.message for error in OpenAPIV31SpecValidator(secured).iter_errors()] == []
+    assert secured["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for path, item in secured["paths"].items():
+        for method, op in item.items():
+            if path in open_paths:
+                assert "security" not in op and "401" not in op["responses"], (path, method)
+            else:
+                assert op["security"] == [{"bearerAuth": []}], (path, method)
+                assert {"401", "403"} <= set(op["responses"]), (path, method)
+    plain = build_openapi(BASE, "my-app", discover(app_dir))
+    assert "securitySchemes" not in plain["components"]
+    assert all("security" not in op for item in plain["paths"].values() for op in item.values())
