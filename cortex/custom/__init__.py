@@ -1,0 +1,1 @@
+"""Custom runtimes ([cerebrium.runtime.custom]): the user's own web server, run and proxied."""
