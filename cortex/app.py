@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from pydantic_core import to_json
@@ -15,9 +15,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cortex.auth import Denial
+from cortex.custom.proxy import refuse_websocket
+from cortex.custom.routes import NOT_READY
+from cortex.custom.runtime import build_custom_runtime
 from cortex.discovery import FunctionSpec, Registry, discover
 from cortex.errors import CortexError
 from cortex.jobs.ssrf import parse_allow_cidrs
@@ -29,7 +32,7 @@ from cortex.jobs.webhooks import (
     parse_retry_schedule,
 )
 from cortex.jobs.worker import RunWorker, WorkerTimings
-from cortex.openapi import build_openapi
+from cortex.openapi import build_openapi, build_proxy_openapi
 from cortex.responses import encode_error, send_json
 from cortex.routes import FunctionRoutes
 from cortex.run_routes import RunRoutes
@@ -39,30 +42,35 @@ logger = logging.getLogger("cortex")
 
 STATE_DIR = ".cortex"  # beside main.py: the default run store and the webhook secret
 
-OnLoaded = Callable[[Registry], None]
+OnLoaded = Callable[[Registry | None], None]  # None: a custom runtime's server is ready
 OnLoadFailed = Callable[[CortexError], None]
 
 
 class CortexApp:
-    """Calls under /v4/ go straight to FunctionRoutes; everything else through Starlette."""
+    """Calls under /v4/ go straight to the calls app (FunctionRoutes, or ProxyRoutes for a custom
+    runtime); everything else through Starlette."""
 
-    def __init__(self, state: ServingState, functions: FunctionRoutes, starlette: Starlette) -> None:
+    def __init__(self, state: ServingState, calls: ASGIApp, starlette: Starlette) -> None:
         self.state = state
-        self.functions = functions
+        self.calls = calls
         self.starlette = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.starlette(scope, receive, send)  # lifespan
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.starlette(scope, receive, send)
             return
         authenticator = self.state.authenticator
         if authenticator is not None and not authenticator.is_open(scope["path"]):
             decision = authenticator.check(_header(scope, b"authorization"))
             if isinstance(decision, Denial):
-                await _refuse(decision, send)
+                await _refuse(decision, scope, send)
                 return
-        if scope["path"].startswith("/v4/"):
-            await self.functions(scope, receive, send)
+        if kind == "websocket" and not (self.state.is_custom_runtime and scope["path"].startswith("/v4/")):
+            message = "No WebSocket routes here: only a custom runtime's paths under /v4/ take WebSockets."
+            await refuse_websocket(scope, send, 404, message)
+        elif scope["path"].startswith("/v4/"):
+            await self.calls(scope, receive, send)
         else:
             await self.starlette(scope, receive, _with_request_id(send))
 
@@ -74,8 +82,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _refuse(denial: Denial, send: Send) -> None:
+async def _refuse(denial: Denial, scope: Scope, send: Send) -> None:
     """401/403 before anything else runs: not even which functions exist is told."""
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, send, denial.status, denial.message)
+        return
     body = encode_error(denial.code, denial.message)
     header = (b"www-authenticate", denial.www_authenticate.encode("ascii"))
     await send_json(send, denial.status, body, str(uuid.uuid4()), [header])
@@ -105,10 +116,12 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        if state.registry is None:
-            body = {"status": "loading", "message": NOT_READY_MESSAGE}
+        if not state.is_ready:
+            message = NOT_READY if state.is_custom_runtime else NOT_READY_MESSAGE
+            body = {"status": "loading", "message": message}
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"status": "ready", "functions": list(state.registry.functions)})
+        functions = [] if state.registry is None else list(state.registry.functions)
+        return JSONResponse({"status": "ready", "functions": functions})
 
     async def openapi_json(request: Request) -> Response:
         if "document" not in openapi:
@@ -118,20 +131,31 @@ def build_app(
         status, body = openapi["document"]
         return Response(body, status_code=status, media_type="application/json")
 
-    def loaded(registry: Registry, document: tuple[int, bytes]) -> None:
+    def loaded(registry: Registry | None, document: tuple[int, bytes]) -> None:
         openapi["document"] = document
         state.registry = registry
         if on_loaded is not None:
             on_loaded(registry)
 
+    functions = FunctionRoutes(state)
+    custom = build_custom_runtime(state, functions) if state.is_custom_runtime else None
+
+    def start() -> Coroutine[Any, Any, None]:
+        if custom is None:
+            return _load(state, loaded, on_load_failed)
+        return custom.start(lambda: loaded(None, _proxy_document(state)), on_load_failed or _log_error)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loading = asyncio.ensure_future(_load(state, loaded, on_load_failed))
+        starting = asyncio.ensure_future(start())
+        lookup = None if custom is None else custom.routes.function
         try:
-            async with _job_engine(state):
+            async with _job_engine(state, lookup):
                 yield
         finally:
-            loading.cancel()
+            starting.cancel()
+            if custom is not None:  # after the runs drained: they may be calling the app
+                await custom.stop()
             state.threads.shutdown()
 
     starlette = Starlette(
@@ -143,11 +167,13 @@ def build_app(
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
-    return CortexApp(state, FunctionRoutes(state), starlette)
+    return CortexApp(state, functions if custom is None else custom.routes, starlette)
 
 
 @contextlib.asynccontextmanager
-async def _job_engine(state: ServingState) -> AsyncIterator[None]:
+async def _job_engine(
+    state: ServingState, proxied: Callable[[str], FunctionSpec] | None = None
+) -> AsyncIterator[None]:
     """Open the store; run the worker (once main.py is loaded) and the webhook dispatcher."""
     settings = state.settings
     store = store_from_url(settings.store, state.app_dir / STATE_DIR, f"{state.project_id}/{state.app_name}")
@@ -164,6 +190,8 @@ async def _job_engine(state: ServingState) -> AsyncIterator[None]:
     dispatcher = WebhookDispatcher(store, secret, schedule, allow)
 
     def lookup(name: str) -> FunctionSpec | None:
+        if proxied is not None:
+            return proxied(name)  # a custom runtime: the run is a POST to that path
         return None if state.registry is None else state.registry.functions.get(name)
 
     worker = RunWorker(
@@ -193,9 +221,18 @@ async def _job_engine(state: ServingState) -> AsyncIterator[None]:
 
 async def _start_when_loaded(state: ServingState, worker: RunWorker) -> None:
     """Runs wait in the store until main.py is imported: their functions must exist first."""
-    while state.registry is None:
+    while not state.is_ready:
         await asyncio.sleep(0.05)
     worker.start()
+
+
+def _log_error(exc: CortexError) -> None:
+    logger.error("%s", exc)
+
+
+def _proxy_document(state: ServingState) -> tuple[int, bytes]:
+    is_open = None if state.authenticator is None else state.authenticator.is_open
+    return 200, to_json(build_proxy_openapi(state.base_path, state.app_name, is_open))
 
 
 async def _load(

@@ -75,3 +75,15 @@ def describe_endpoints(base_url: str, registry: Registry, token_project: str | N
     if not registry.functions:
         lines.append("  (none: define a public function in main.py, e.g. def predict(prompt: str): ...)")
     return lines
+
+
+def describe_proxy(base_url: str, port: int, token_project: str | None = None) -> list[str]:
+    """A custom runtime: where calls go, and one to try."""
+    lines = [f"The app's server is ready; {base_url}/<path> is forwarded to http://127.0.0.1:{port}/<path>"]
+    command = f"curl {base_url}/"
+    if token_project is not None:
+        mint = f"export CORTEX_TOKEN=$(cortex token --project-id {token_project})"
+        lines.append(f"  Calls need a token (same CORTEX_JWT_SECRET as the server): {mint}")
+        command = f"{command} {TOKEN_HEADER}"
+    lines.append(f"    {command}")
+    return lines

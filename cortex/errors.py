@@ -150,3 +150,18 @@ class IncompatibleResultError(CortexError):
 
 class FunctionReportedError(CortexError):
     """A function's output was an OpenAI error object (`{"error": {...}}`) instead of a result."""
+
+
+class BadGatewayError(RequestError):
+    """A custom runtime's server did not answer (it is down, restarting or crashed mid-call)."""
+
+    status = 502
+    code = "bad_gateway"
+    retry_after = 5
+
+
+class GatewayTimeoutError(RequestError):
+    """A custom runtime's server did not answer within response_grace_period."""
+
+    status = 504
+    code = "gateway_timeout"

@@ -110,6 +110,59 @@ def build_openapi(
     }
 
 
+PROXY_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def build_proxy_openapi(
+    base_path: str, app_name: str, is_open: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
+    """A custom runtime: any path is forwarded to the app's own server; runs work as usual."""
+    schemas = {ERROR_SCHEMA: _ERROR_SCHEMA, FAILURE_SCHEMA: _FAILURE_SCHEMA, RUN_SCHEMA_NAME: RUN_SCHEMA}
+    paths: dict[str, Any] = {f"{base_path}/{{path}}": _forwarded_item()}
+    paths.update(run_paths(base_path, _ref(RUN_SCHEMA_NAME), _ref(ERROR_SCHEMA)))
+    paths.update(_service_paths())
+    components: dict[str, Any] = {"schemas": schemas}
+    if is_open is not None:
+        components["securitySchemes"] = {BEARER_SCHEME: _BEARER}
+        _require_tokens(paths, is_open)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": app_name,
+            "version": __version__,
+            "description": f"A custom runtime served by Cortex {__version__}: every path under "
+            f"{base_path}/ is forwarded to the app's own server.",
+        },
+        "tags": TAGS,
+        "paths": paths,
+        "components": components,
+    }
+
+
+def _forwarded_item() -> dict[str, Any]:
+    parameter = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+    item: dict[str, Any] = {}
+    for method in PROXY_METHODS:
+        responses = {
+            "default": {"description": "The app's own answer, passed through"},
+            "502": _json_response("The app's server did not answer", ERROR_SCHEMA),
+            "503": _json_response("The app's server is not ready yet; see Retry-After", ERROR_SCHEMA),
+            "504": _json_response("No answer within response_grace_period", ERROR_SCHEMA),
+        }
+        operation: dict[str, Any] = {
+            "operationId": f"forward_{method}",
+            "tags": [FUNCTIONS_TAG],
+            "summary": f"{method.upper()} /{{path}} on the app's own server",
+            "parameters": [parameter],
+            "responses": responses,
+        }
+        if method == "post":
+            operation["parameters"] = [parameter, *CALL_PARAMETERS]
+            operation["responses"]["202"] = ACCEPTED_RESPONSE
+        item[method] = operation
+    return item
+
+
 BEARER_SCHEME = "bearerAuth"
 _BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "projectId claim"}
 _AUTH_REFUSALS = {

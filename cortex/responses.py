@@ -91,7 +91,7 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> tuple[byte
     wants_sse = False
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _too_large(limit)
+            raise payload_too_large(limit)
         if name == b"accept" and b"text/event-stream" in value:
             wants_sse = True
     message = await receive()
@@ -100,7 +100,7 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> tuple[byte
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise _too_large(limit)
+            raise payload_too_large(limit)
         return body, wants_sse
     chunks = [body]
     size = len(body)
@@ -111,12 +111,12 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> tuple[byte
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise payload_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks), wants_sse
 
 
-def _too_large(limit: int) -> PayloadTooLargeError:
+def payload_too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"The request body is larger than {limit} bytes (CORTEX_MAX_BODY_BYTES). "
         "Send less, or raise the limit."

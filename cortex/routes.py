@@ -47,6 +47,33 @@ from cortex.streaming import encode_error_event, stream_async_generator, stream_
 logger = logging.getLogger("cortex.calls")
 
 
+async def send_rejection(send: Send, exc: RequestError | StoreError, run_id: str) -> None:
+    """A call refused before it ran (or a store failure), as its JSON error with its headers."""
+    if isinstance(exc, StoreError):  # the disk is full or the file unreadable: say so, as JSON
+        logger.error("run %s: %s", run_id, exc)
+        exc = StoreUnavailableError(exc.message)
+    extra = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
+    if isinstance(exc, MethodNotAllowedError):
+        extra.append((b"allow", exc.allow.encode()))
+    await send_json(send, exc.status, encode_request_error(exc), run_id, extra)
+
+
+def path_after_app(state: ServingState, path: str) -> list[str]:
+    """The path segments after /v4/{project}/{app}/, once both are this server's."""
+    parts = path.split("/")  # ['', 'v4', project, app, ...]
+    where = f"{state.base_path}/{'<path>' if state.is_custom_runtime else '<function>'}"
+    if len(parts) < 4 or parts[2] != state.project_id:
+        project = parts[2] if len(parts) > 2 else ""
+        raise NotFoundError(
+            f"Unknown project '{project}': this server serves project '{state.project_id}' at {where}."
+        )
+    if parts[3] != state.app_name:
+        raise NotFoundError(
+            f"Unknown app '{parts[3]}': this server serves app '{state.app_name}' at {where}."
+        )
+    return parts[4:]
+
+
 class FunctionRoutes:
     """ASGI app for every path under /v4/."""
 
@@ -57,9 +84,9 @@ class FunctionRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run_id = str(uuid.uuid4())
         try:
-            rest = self._check_project_and_app(scope["path"])
+            rest = path_after_app(self.state, scope["path"])
             if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
-                await self._jobs().runs.handle(scope, receive, send, rest[1:])
+                await self.jobs().runs.handle(scope, receive, send, rest[1:])
                 return
             openai_path = match_openai_path(rest)  # {fn}/chat/completions, /embeddings, /models, ...
             if openai_path is not None:
@@ -70,39 +97,15 @@ class FunctionRoutes:
             kwargs = parse_arguments(spec, body)
             options = parse_call_options(scope)
             if options is not NO_OPTIONS:
-                await self._call_with_options(spec, kwargs, body, run_id, options, send)
+                await self.call_with_options(spec, kwargs, body, run_id, options, send)
             elif wants_sse and spec.kind.is_streaming:
                 await self._stream(spec, kwargs, run_id, receive, send)
             else:
                 await self._call(spec, kwargs, run_id, send)
-        except RequestError as exc:
-            extra = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
-            if isinstance(exc, MethodNotAllowedError):
-                extra.append((b"allow", exc.allow.encode()))
-            await send_json(send, exc.status, encode_request_error(exc), run_id, extra)
+        except (RequestError, StoreError) as exc:
+            await send_rejection(send, exc, run_id)
         except ClientDisconnectedError:
             return
-        except StoreError as exc:  # the disk is full or the file unreadable: say so, as JSON
-            logger.error("run %s: %s", run_id, exc)
-            body = encode_request_error(StoreUnavailableError(exc.message))
-            await send_json(send, 503, body, run_id, [(b"retry-after", b"5")])
-
-    def _check_project_and_app(self, path: str) -> list[str]:
-        """The path segments after /v4/{project}/{app}/, once both are this server's."""
-        parts = path.split("/")  # ['', 'v4', project, app, ...]
-        state = self.state
-        if len(parts) < 4 or parts[2] != state.project_id:
-            project = parts[2] if len(parts) > 2 else ""
-            raise NotFoundError(
-                f"Unknown project '{project}': this server serves project '{state.project_id}' "
-                f"at {state.base_path}/<function>."
-            )
-        if parts[3] != state.app_name:
-            raise NotFoundError(
-                f"Unknown app '{parts[3]}': this server serves app '{state.app_name}' "
-                f"at {state.base_path}/<function>."
-            )
-        return parts[4:]
 
     def _function(self, rest: list[str], method: str) -> FunctionSpec:
         registry = self.state.registry
@@ -117,12 +120,12 @@ class FunctionRoutes:
             raise MethodNotAllowedError(f"Use POST to call {name}(); got {method}.")
         return spec
 
-    def _jobs(self) -> JobsRuntime:
+    def jobs(self) -> JobsRuntime:
         if self.state.jobs is None:
             raise NotReadyError(NOT_READY_MESSAGE)
         return self.state.jobs
 
-    async def _call_with_options(
+    async def call_with_options(
         self,
         spec: FunctionSpec,
         kwargs: dict[str, Any],
@@ -132,7 +135,7 @@ class FunctionRoutes:
         send: Send,
     ) -> None:
         """`?async=true` and/or `webhookEndpoint`: the run is recorded in the job store."""
-        jobs = self._jobs()
+        jobs = self.jobs()
         request = await jobs.new_run(spec, body, run_id, options)
         if options.run_async:
             await jobs.runs.submit(request, self.state.settings.max_queue, send)
@@ -173,7 +176,7 @@ class FunctionRoutes:
             status, body = 500, encode_failure(run_id, clock.elapsed_ms(), error.type, error.message)
         if webhook is not None:  # recorded before we answer, so the webhook cannot be lost
             outcome = finished(clock.elapsed_ms(), encode_json(result) if error is None else None, error)
-            await self._jobs().record_finished(webhook, outcome)
+            await self.jobs().record_finished(webhook, outcome)
         await send_json(send, status, body, run_id)
 
     async def _admit_and_invoke(

@@ -21,8 +21,9 @@ from rich.markup import escape
 from cortex import __version__
 from cortex.app import CortexApp, build_app
 from cortex.auth import exposure_warning
-from cortex.banner import describe_endpoints
+from cortex.banner import describe_endpoints, describe_proxy
 from cortex.config import LoadedConfig, Settings, load_config, load_settings
+from cortex.custom.runtime import dockerfile_notice
 from cortex.discovery import Registry
 from cortex.errors import CortexError, ServeError
 from cortex.http_protocol import connection_options
@@ -50,11 +51,15 @@ class ServeOptions:
 def serve(options: ServeOptions) -> int:
     """Serve until stopped; the exit code is non-zero when main.py failed to load."""
     loaded = load_config(options.app_dir)  # fail fast, before a port is bound
+    custom = loaded.config.runtime.custom
+    notice = None if custom is None else dockerfile_notice(custom)  # ServeError when it cannot run
     settings = _settings(options)
     state = ServingState(options.app_dir, loaded.config, settings)  # checks the auth keys too
     sock = bind_socket(options.host, options.port)
     options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
     _print_start(options, loaded, state)
+    if notice is not None:
+        console.print(f"[yellow]note:[/] {escape(notice)}")
     if options.reload:
         sock.close()  # uvicorn's reloader binds the port itself
         _serve_with_reload(options)
@@ -156,19 +161,25 @@ def _print_start(options: ServeOptions, loaded: LoadedConfig, state: ServingStat
         console.print(f"[bold red]WARNING:[/] {escape(exposed)}")
 
 
-def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry], None]:
+def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry | None], None]:
     """Print the endpoints once main.py is loaded *and* the server accepts connections."""
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     base_url = f"http://{host}:{options.port}{state.base_path}"
 
-    async def print_when_serving(registry: Registry) -> None:
+    async def print_when_serving(registry: Registry | None) -> None:
         await _until_accepting(host, options.port)  # the import can beat uvicorn's startup
         token_project = None if state.authenticator is None else state.project_id
-        for line in describe_endpoints(base_url, registry, token_project):
+        custom = state.config.runtime.custom
+        if registry is not None:
+            lines = describe_endpoints(base_url, registry, token_project)
+        else:
+            assert custom is not None
+            lines = describe_proxy(base_url, custom.port, token_project)
+        for line in lines:
             console.print(line, markup=False)
         console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
 
-    def on_loaded(registry: Registry) -> None:
+    def on_loaded(registry: Registry | None) -> None:
         task = asyncio.ensure_future(print_when_serving(registry))
         _background.add(task)
         task.add_done_callback(_background.discard)

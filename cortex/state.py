@@ -58,6 +58,8 @@ class ServingState:
     settings: Settings
     registry: Registry | None = None  # None until main.py is imported (see /ready)
     jobs: JobsRuntime | None = None  # None until the job store is open
+    # A custom runtime: whether the app's own server passes its readiness check (set by app.py).
+    upstream_ready: Callable[[], bool] | None = None
     gate: AdmissionGate = field(init=False)
     threads: ThreadRunner = field(init=False)
     authenticator: Authenticator | None = field(init=False)  # None: auth is off
@@ -72,6 +74,18 @@ class ServingState:
         concurrency = self.config.scaling.replica_concurrency
         self.gate = AdmissionGate(concurrency, self.settings.max_queue)
         self.threads = ThreadRunner(concurrency + SPARE_THREADS)
+
+    @property
+    def is_ready(self) -> bool:
+        """main.py is imported, or the custom runtime's server is ready: calls can be served."""
+        if self.upstream_ready is not None:
+            return self.upstream_ready()
+        return self.registry is not None
+
+    @property
+    def is_custom_runtime(self) -> bool:
+        """[cerebrium.runtime.custom]: the app's own server is proxied instead of main.py served."""
+        return self.config.runtime.custom is not None
 
     @property
     def project_id(self) -> str:

@@ -1,0 +1,181 @@
+"""`/v4/{project}/{app}/<path>` of a custom runtime: forwarded to the app's own server.
+
+Plain calls and WebSockets are relayed as they are. A call with options (`?async=true`,
+`webhookEndpoint`) becomes a run like any function's: the proxied path behaves as an async
+function of one JSON payload whose result is the app's status and body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import aiohttp
+from pydantic import BeforeValidator, TypeAdapter
+from pydantic_core import from_json
+from starlette.types import Message, Receive, Scope, Send
+
+from cortex.custom.proxy import Upstream, refuse_websocket
+from cortex.discovery import FunctionKind, FunctionSpec
+from cortex.errors import (
+    BadGatewayError,
+    ClientDisconnectedError,
+    GatewayTimeoutError,
+    MethodNotAllowedError,
+    NotReadyError,
+    RequestError,
+    StoreError,
+)
+from cortex.invocation import parse_arguments
+from cortex.responses import read_request
+from cortex.routes import FunctionRoutes, path_after_app, send_rejection
+from cortex.run_routes import NO_OPTIONS, parse_call_options
+from cortex.serialization import encode_json
+from cortex.state import ServingState
+
+logger = logging.getLogger("cortex.proxy")
+
+NOT_READY = "The app's server is starting: its readiness check has not passed yet. Retry shortly."
+READY_POLL_SECONDS = 0.1
+
+# Any JSON body, handed to the proxied "function" as its one argument.
+_PAYLOAD: TypeAdapter[dict[str, Any]] = TypeAdapter(
+    Annotated[dict[str, Any], BeforeValidator(lambda value: {"payload": value})]
+)
+
+
+class AppServerError(Exception):
+    """The app's server answered a run with a 5xx: the run failed."""
+
+
+def proxied_function(path: str, upstream: Upstream, is_ready: Callable[[], bool]) -> FunctionSpec:
+    """A run's view of `POST /<path>`: result {"status_code", "body"}; a 5xx fails the run."""
+
+    async def call(payload: Any, run_id: str) -> dict[str, Any]:
+        while not is_ready():  # a restarting app delays runs rather than failing them
+            await asyncio.sleep(READY_POLL_SECONDS)
+        status, content_type, body = await upstream.call_json(f"/{path}", encode_json(payload), run_id)
+        decoded = _decode(content_type, body)
+        if status >= 500:
+            raise AppServerError(f"The app answered {status} to POST /{path}: {body[:1000]!r}")
+        return {"status_code": status, "body": decoded}
+
+    return FunctionSpec(
+        name=path,
+        func=call,
+        kind=FunctionKind.ASYNC,
+        parameters=(),
+        takes_run_id=True,
+        takes_extra_kwargs=False,
+        positional_only=(),
+        arguments=_PAYLOAD,
+        return_annotation=Any,
+        doc=f"POST /{path} on the app's own server",
+    )
+
+
+def _decode(content_type: str, body: bytes) -> Any:
+    if "json" in content_type:
+        try:
+            return from_json(body)
+        except ValueError:
+            pass
+    return body.decode("utf-8", "replace")
+
+
+class ProxyRoutes:
+    """ASGI app for every path under /v4/ of a custom runtime (HTTP and WebSocket)."""
+
+    def __init__(self, state: ServingState, functions: FunctionRoutes, upstream: Upstream) -> None:
+        self.state = state
+        self.functions = functions  # runs, and calls with options, work as for functions
+        self.upstream = upstream
+
+    def is_ready(self) -> bool:
+        return self.state.is_ready
+
+    def function(self, path: str) -> FunctionSpec:
+        return proxied_function(path, self.upstream, self.is_ready)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run_id = str(uuid.uuid4())
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send, run_id)
+            return
+        try:
+            rest = path_after_app(self.state, scope["path"])
+            if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
+                await self.functions.jobs().runs.handle(scope, receive, send, rest[1:])
+                return
+            self._require_ready()
+            options = parse_call_options(scope)
+            if options is NO_OPTIONS:
+                await self._forward(scope, receive, send, run_id)
+                return
+            if scope["method"] != "POST":
+                raise MethodNotAllowedError(
+                    f"?async=true and webhookEndpoint send the JSON body with POST; got {scope['method']}."
+                )
+            body, _ = await read_request(scope, receive, self.state.settings.max_body_bytes)
+            spec = self.function("/".join(rest))
+            kwargs = parse_arguments(spec, body)
+            await self.functions.call_with_options(spec, kwargs, body, run_id, options, send)
+        except (RequestError, StoreError) as exc:
+            await send_rejection(send, exc, run_id)
+        except ClientDisconnectedError:
+            return
+
+    def _require_ready(self) -> None:
+        if not self.state.is_ready:
+            raise NotReadyError(NOT_READY)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
+        gate = self.state.gate
+        await gate.enter()  # replica_concurrency counts proxied calls too (429 past the queue)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.upstream.forward(scope, receive, send_tracked, run_id)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if started:  # mid-response: all we can do is end the connection
+                logger.warning("run %s: the app's server failed mid-response: %s", run_id, exc or type(exc))
+                return
+            raise _gateway_error(exc, self.upstream.port, self.state.grace_seconds) from None
+        finally:
+            gate.leave()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
+        try:
+            path_after_app(self.state, scope["path"])
+            self._require_ready()
+        except RequestError as exc:
+            await refuse_websocket(scope, send, exc.status, exc.message)
+            return
+        gate = self.state.gate
+        try:
+            await gate.enter()
+        except RequestError as exc:
+            await refuse_websocket(scope, send, exc.status, exc.message)
+            return
+        try:
+            await self.upstream.websocket(scope, receive, send, run_id)
+        finally:
+            gate.leave()
+
+
+def _gateway_error(exc: BaseException, port: int, grace: float) -> RequestError:
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeoutError(
+            f"The app's server (127.0.0.1:{port}) did not answer within response_grace_period ({grace:g} s)."
+        )
+    return BadGatewayError(
+        f"The app's server (127.0.0.1:{port}) did not answer: {exc}. It may be restarting; retry shortly."
+    )
