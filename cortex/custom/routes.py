@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from pydantic import BeforeValidator, TypeAdapter
@@ -32,7 +33,7 @@ from cortex.errors import (
 from cortex.invocation import parse_arguments
 from cortex.responses import read_request
 from cortex.routes import FunctionRoutes, path_after_app, send_rejection
-from cortex.run_routes import NO_OPTIONS, parse_call_options
+from cortex.run_routes import parse_call_options
 from cortex.serialization import encode_json
 from cortex.state import ServingState
 
@@ -60,7 +61,8 @@ def proxied_function(path: str, upstream: Upstream, is_ready: Callable[[], bool]
         status, content_type, body = await upstream.call_json(f"/{path}", encode_json(payload), run_id)
         decoded = _decode(content_type, body)
         if status >= 500:
-            raise AppServerError(f"The app answered {status} to POST /{path}: {body[:1000]!r}")
+            text = body[:1000].decode("utf-8", "replace")
+            raise AppServerError(f"The app answered {status} to POST /{path}: {text}")
         return {"status_code": status, "body": decoded}
 
     return FunctionSpec(
@@ -75,6 +77,16 @@ def proxied_function(path: str, upstream: Upstream, is_ready: Callable[[], bool]
         return_annotation=Any,
         doc=f"POST /{path} on the app's own server",
     )
+
+
+CORTEX_QUERY = frozenset({"async", "webhookEndpoint"})
+
+
+def _app_query(query_string: bytes) -> str:
+    """The query without cortex's own parameters, for the run's POST to the app ('' if none)."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    kept = [(name, value) for name, value in pairs if name not in CORTEX_QUERY]
+    return f"?{urlencode(kept)}" if kept else ""
 
 
 def _decode(content_type: str, body: bytes) -> Any:
@@ -112,7 +124,7 @@ class ProxyRoutes:
                 return
             self._require_ready()
             options = parse_call_options(scope)
-            if options is NO_OPTIONS:
+            if not (options.run_async or options.webhook_url is not None):  # the app's own query
                 await self._forward(scope, receive, send, run_id)
                 return
             if scope["method"] != "POST":
@@ -120,7 +132,7 @@ class ProxyRoutes:
                     f"?async=true and webhookEndpoint send the JSON body with POST; got {scope['method']}."
                 )
             body, _ = await read_request(scope, receive, self.state.settings.max_body_bytes)
-            spec = self.function("/".join(rest))
+            spec = self.function("/".join(rest) + _app_query(scope["query_string"]))
             kwargs = parse_arguments(spec, body)
             await self.functions.call_with_options(spec, kwargs, body, run_id, options, send)
         except (RequestError, StoreError) as exc:
