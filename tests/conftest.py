@@ -79,7 +79,7 @@ def serving(app_dir: Path, wait_ready: bool = True, **settings: Any) -> Iterator
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         if wait_ready:
-            wait_for(lambda: state.registry is not None, timeout=20, what="main.py to import")
+            wait_for(lambda: state.is_ready, timeout=20, what="main.py to import (or the app's server)")
         yield Served(url, url + state.base_path, state)
     finally:
         server.should_exit = True

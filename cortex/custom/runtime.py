@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cortex.config import CustomRuntimeConfig
 from cortex.custom.proxy import Upstream
@@ -41,7 +44,14 @@ class CustomRuntime:
 def build_custom_runtime(state: ServingState, functions: FunctionRoutes) -> CustomRuntime:
     custom = state.config.runtime.custom
     assert custom is not None
-    environment = {"PORT": str(custom.port), "APP_NAME": state.app_name, "PROJECT_ID": state.project_id}
+    environment = {
+        "PORT": str(custom.port),
+        "APP_NAME": state.app_name,
+        "PROJECT_ID": state.project_id,
+        # `python`, `uvicorn`, ... of cortex's own environment first, activated or not: the app's
+        # packages are installed beside cortex (as in the image `cortex build` makes).
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+    }
     supervisor = Supervisor(
         state.app_dir,
         custom,
