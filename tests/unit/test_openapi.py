@@ -348,3 +348,17 @@ def test_with_auth_every_path_but_the_open_ones_requires_a_bearer_token(app_dir:
     plain = build_openapi(BASE, "my-app", discover(app_dir))
     assert "securitySchemes" not in plain["components"]
     assert all("security" not in op for item in plain["paths"].values() for op in item.values())
+
+
+@pytest.mark.parametrize("secured", [False, True])
+def test_a_custom_runtime_document_forwards_any_path_and_keeps_the_runs(secured: bool) -> None:
+    from cortex.openapi import build_proxy_openapi
+
+    is_open = {"/health", "/ready"}.__contains__ if secured else None
+    document = build_proxy_openapi(BASE, "custom", is_open)
+    assert [error.message for error in OpenAPIV31SpecValidator(document).iter_errors()] == []
+    forwarded = document["paths"][f"{BASE}/{{path}}"]
+    assert set(forwarded) == {"get", "post", "put", "patch", "delete"}
+    assert "202" in forwarded["post"]["responses"] and "202" not in forwarded["get"]["responses"]
+    assert f"{BASE}/runs/{{run_id}}" in document["paths"]
+    assert ("security" in forwarded["get"]) == secured
