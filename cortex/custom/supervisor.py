@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -23,6 +22,14 @@ from typing import Literal
 
 from cortex.config import CONFIG_FILE, CustomRuntimeConfig
 from cortex.custom import guard
+from cortex.custom.launch import (
+    ENTRYPOINT_KEY,
+    child_environment,
+    describe_exit,
+    describe_missing_program,
+    resolve_program,
+)
+from cortex.custom.probes import ProbeResult, probe_http, probe_tcp
 from cortex.errors import CortexError
 
 logger = logging.getLogger("cortex.custom")
@@ -38,7 +45,6 @@ RESTART_GRACE = 10.0  # cap on SIGTERM -> SIGKILL for an app restarted, or never
 ORPHAN_KILL_AFTER = 5.0  # cap on SIGTERM -> SIGKILL by the guard once cortex is gone
 KEEP_LINES = 50
 CHUNK = 65536  # a line longer than this is logged in pieces
-ENTRYPOINT_KEY = "[cerebrium.runtime.custom] entrypoint"
 GUARD = Path(guard.__file__)
 
 State = Literal["new", "starting", "ready", "restarting", "stopping", "stopped", "failed"]
@@ -49,140 +55,6 @@ class CustomRuntimeError(CortexError):
 
 
 @dataclass(frozen=True)
-class ProbeResult:
-    ok: bool  # ready / healthy
-    connected: bool  # the port accepted a connection
-    detail: str  # completes "it last ...": "answered 503 'warming up'"
-
-
-async def probe_tcp(port: int, timeout: float) -> ProbeResult:
-    """A TCP connection to 127.0.0.1:`port`, closed at once."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except asyncio.TimeoutError:
-        return ProbeResult(False, False, f"did not accept a connection within {timeout:g} s")
-    except OSError as exc:
-        return ProbeResult(False, False, f"refused the connection ({exc.strerror or exc})")
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return ProbeResult(True, True, "accepted a connection")
-
-
-async def probe_http(port: int, path: str, timeout: float) -> ProbeResult:
-    """GET `path` on 127.0.0.1:`port` over a fresh connection (no proxy, no pool); 200 passes."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except asyncio.TimeoutError:
-        return ProbeResult(False, False, f"did not accept a connection within {timeout:g} s")
-    except OSError as exc:
-        return ProbeResult(False, False, f"refused the connection ({exc.strerror or exc})")
-    try:
-        return await asyncio.wait_for(_exchange(reader, writer, port, path), timeout)
-    except asyncio.TimeoutError:
-        return ProbeResult(False, True, f"did not answer within {timeout:g} s")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
-        return ProbeResult(False, True, "answered something that is not HTTP")
-    except OSError as exc:
-        return ProbeResult(False, True, f"dropped the connection ({exc.strerror or exc})")
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str
-) -> ProbeResult:
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    writer.write(request.encode("latin-1"))
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b"\r\n", 1)[0].split()[1])
-    body = await reader.read(200)
-    if b"chunked" in head.lower():  # drop the first chunk's size line
-        body = body.split(b"\r\n", 1)[-1].split(b"\r\n", 1)[0]
-    text = body.decode(errors="replace")[:100]
-    return ProbeResult(status == 200, True, f"answered {status} {text!r}")
-
-
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """os.environ + `extra`, unbuffered Python output, and cortex's virtualenv first on PATH.
-
-    The app's dependencies are installed where cortex is (as in the image on Cerebrium), so
-    `uvicorn` or `python` in the entrypoint must be that environment's even when it is not
-    activated. A PATH given in `extra` is used as it is.
-    """
-    env = {"PYTHONUNBUFFERED": "1", **os.environ, **extra}
-    path = env.get("PATH", os.defpath)
-    scripts = str(Path(sys.executable).parent)
-    if "PATH" not in extra and sys.prefix != sys.base_prefix and scripts not in path.split(os.pathsep):
-        path = os.pathsep.join([scripts, path]) if path else scripts
-    env["PATH"] = path
-    return env
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def resolve_program(program: str, app_dir: Path, path: str) -> Path | None:
-    """Find `program` as a shell would: a name on PATH, a path against the app directory."""
-    if os.sep in program or (os.altsep and os.altsep in program):
-        candidate = app_dir / program  # an absolute program stays as it is
-        return candidate if _is_executable(candidate) else None
-    for folder in path.split(os.pathsep):
-        candidate = app_dir / (folder or ".") / program  # an empty entry is the working directory
-        if _is_executable(candidate):
-            return candidate
-    return None
-
-
-def describe_missing_program(entrypoint: tuple[str, ...], app_dir: Path, path: str) -> str:
-    program, rest = entrypoint[0], list(entrypoint[1:])
-    where = f"{app_dir / CONFIG_FILE}: {ENTRYPOINT_KEY}"
-    if os.sep in program:
-        target = app_dir / program
-        if target.is_file():
-            return (
-                f"{where}: {target} is not executable. Make it executable (chmod +x {program}) "
-                f'or start it through its interpreter, e.g. ["sh", "{program}"].'
-            )
-        return (
-            f"{where}: {target} does not exist. Relative paths are resolved against the app "
-            f"directory ({app_dir}); fix the path."
-        )
-    problem = f"{where}: '{program}' was not found on PATH ({path})."
-    if _is_python_module(program):
-        suggestion = json.dumps(["python", "-m", program, *rest])
-        return f"{problem} {program} is installed as a Python module: use entrypoint = {suggestion}"
-    return (
-        f"{problem} Install it (a Python package goes under [cerebrium.dependencies.pip]) or give "
-        "its full path."
-    )
-
-
-def _is_python_module(name: str) -> bool:
-    import importlib.util
-
-    if not name.isidentifier():
-        return False
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"was killed by {name}"
-
-
-@dataclass
 class _Child:
     """One run of the entrypoint: the guard process (leader of the group) and its output."""
 
@@ -390,6 +262,7 @@ class Supervisor:
                 logger.warning("[%s] still running %g s after SIGTERM; sending SIGKILL.", self._name, grace)
                 _send(-child.pgid, signal.SIGKILL)
                 await child.exited
+                await _until_gone(child.pgid)  # SIGKILL is not instant: return once it took
                 break
             await asyncio.wait({child.exited}, timeout=0.05)
         await child.finish_output()
@@ -555,6 +428,12 @@ def _send(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
         else:
             os.killpg(-pid, sig)
+
+
+async def _until_gone(pgid: int, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while await _group_alive(pgid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 async def _group_alive(pgid: int) -> bool:
