@@ -64,6 +64,13 @@ def cli() -> None:
     help="Require a JWT bearer token on every call (env CORTEX_AUTH). "
     "[default: on when cerebrium.toml has disable_auth = false]",
 )
+@click.option(
+    "--env-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A .env file (KEY=value lines) loaded before main.py is imported; "
+    "variables already set in the environment win.",
+)
 def serve(
     app_dir: Path,
     host: str,
@@ -74,6 +81,7 @@ def serve(
     debug: bool,
     access_log: bool,
     auth: bool | None,
+    env_file: str | None,
 ) -> None:
     """Serve the app in APP_DIR (default: the current directory).
 
@@ -83,7 +91,9 @@ def serve(
     from cortex.server import ServeOptions
     from cortex.server import serve as run_server
 
-    options = ServeOptions(app_dir, host, port, project_id, store, reload, debug, access_log, auth)
+    options = ServeOptions(
+        app_dir, host, port, project_id, store, reload, debug, access_log, auth, env_file=env_file
+    )
     sys.exit(_run(lambda: run_server(options), debug))
 
 

@@ -25,6 +25,7 @@ from cortex.banner import describe_endpoints, describe_proxy
 from cortex.config import LoadedConfig, Settings, load_config, load_settings
 from cortex.custom.runtime import dockerfile_notice
 from cortex.discovery import Registry
+from cortex.environment import load_env_file, set_app_identity
 from cortex.errors import CortexError, ServeError
 from cortex.http_protocol import connection_options
 from cortex.state import ServingState
@@ -46,6 +47,7 @@ class ServeOptions:
     debug: bool = False
     access_log: bool = False
     auth: bool | None = None  # None: CORTEX_AUTH, else cerebrium.toml's disable_auth
+    env_file: str | None = None  # a dotenv file loaded before main.py is imported
 
 
 def serve(options: ServeOptions) -> int:
@@ -53,7 +55,10 @@ def serve(options: ServeOptions) -> int:
     loaded = load_config(options.app_dir)  # fail fast, before a port is bound
     custom = loaded.config.runtime.custom
     notice = None if custom is None else dockerfile_notice(custom)  # ServeError when it cannot run
+    if options.env_file is not None:  # before the settings, so a .env may hold CORTEX_* too
+        load_env_file(Path(options.env_file))  # a --reload child inherits os.environ
     settings = _settings(options)
+    set_app_identity(loaded.config.deployment.name, settings.project_id)
     state = ServingState(options.app_dir, loaded.config, settings)  # checks the auth keys too
     sock = bind_socket(options.host, options.port)
     options = replace(options, port=sock.getsockname()[1])  # the real port when 0 was asked
