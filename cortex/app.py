@@ -33,6 +33,7 @@ from cortex.jobs.webhooks import (
 )
 from cortex.jobs.worker import RunWorker, WorkerTimings
 from cortex.openapi import build_openapi, build_proxy_openapi
+from cortex.pages import page_routes
 from cortex.responses import encode_error, send_json
 from cortex.routes import FunctionRoutes
 from cortex.run_routes import RunRoutes
@@ -163,6 +164,7 @@ def build_app(
             Route("/health", health),
             Route("/ready", ready),
             Route("/openapi.json", openapi_json),
+            *page_routes(state),  # /metrics, /docs, / (the dashboard)
         ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
@@ -187,7 +189,7 @@ async def _job_engine(
     if secret_path is not None:
         logger.info("Webhooks are signed with the secret in %s (or set CORTEX_WEBHOOK_SECRET)", secret_path)
     await store.open()
-    dispatcher = WebhookDispatcher(store, secret, schedule, allow)
+    dispatcher = WebhookDispatcher(store, secret, schedule, allow, on_attempt=state.metrics.webhook_attempt)
 
     def lookup(name: str) -> FunctionSpec | None:
         if proxied is not None:

@@ -33,6 +33,7 @@ REALM = 'Bearer realm="cortex"'
 OPEN_PATHS = frozenset({"/health", "/ready"})
 # Open too when CORTEX_PUBLIC_METADATA=1; protected by default as they describe the app.
 METADATA_PATHS = frozenset({"/metrics", "/docs", "/openapi.json"})
+DOCS_ASSETS_PREFIX = "/docs/assets/"  # Swagger UI's static files: open with the docs page
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,9 @@ class Authenticator:
     _accepted: dict[bytes, Principal] = field(default_factory=dict)
 
     def is_open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (self.public_metadata and path in METADATA_PATHS)
+        return path in OPEN_PATHS or (
+            self.public_metadata and (path in METADATA_PATHS or path.startswith(DOCS_ASSETS_PREFIX))
+        )
 
     def check(self, header: bytes | None, now: float | None = None) -> Principal | Denial:
         now = time.time() if now is None else now

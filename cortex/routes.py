@@ -29,6 +29,7 @@ from cortex.errors import (
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import RunError, RunRequest, finished
+from cortex.metrics import CallObserver
 from cortex.openai_compat.routes import OpenAIRoutes, match_openai_path
 from cortex.responses import (
     SSE_HEADERS,
@@ -82,23 +83,35 @@ class FunctionRoutes:
         self.openai = OpenAIRoutes(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observed = self.state.metrics.observer(send)  # counts the call once it is answered
+        try:
+            await self._handle(scope, receive, observed)
+        finally:
+            observed.finish()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: CallObserver) -> None:
         run_id = str(uuid.uuid4())
         try:
             rest = path_after_app(self.state, scope["path"])
             if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
+                send.kind = "runs"
                 await self.jobs().runs.handle(scope, receive, send, rest[1:])
                 return
             openai_path = match_openai_path(rest)  # {fn}/chat/completions, /embeddings, /models, ...
             if openai_path is not None:
+                send.kind = "openai"
                 await self.openai.handle(scope, receive, send, openai_path, run_id)
                 return
             spec = self._function(rest, scope["method"])
+            send.function = spec.name
             body, wants_sse = await read_request(scope, receive, self.state.settings.max_body_bytes)
             kwargs = parse_arguments(spec, body)
             options = parse_call_options(scope)
             if options is not NO_OPTIONS:
+                send.kind = "async" if options.run_async else "call"
                 await self.call_with_options(spec, kwargs, body, run_id, options, send)
             elif wants_sse and spec.kind.is_streaming:
+                send.kind = "stream"
                 await self._stream(spec, kwargs, run_id, receive, send)
             else:
                 await self._call(spec, kwargs, run_id, send)
@@ -216,12 +229,13 @@ class FunctionRoutes:
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
+        encode = self.state.metrics.counting_encoder(spec.name)  # counts stream chunks sent
         if spec.kind is FunctionKind.GENERATOR:
             assert isinstance(source, Iterator)
-            pump = stream_sync_generator(source, write, run_id, self.state.threads)
+            pump = stream_sync_generator(source, write, run_id, self.state.threads, encode)
         else:
             assert isinstance(source, AsyncIterator)
-            pump = stream_async_generator(source, write, run_id)
+            pump = stream_async_generator(source, write, run_id, encode)
         pumping = asyncio.ensure_future(pump)
         watching = asyncio.ensure_future(wait_for_disconnect(receive))
         grace = self.state.grace_seconds

@@ -16,6 +16,7 @@ from cortex.jobs.models import Outcome, RunRequest
 from cortex.jobs.ssrf import check_webhook_url_async
 from cortex.jobs.store import JobStore
 from cortex.jobs.worker import RunWorker
+from cortex.metrics import Metrics
 from cortex.run_routes import CallOptions, RunRoutes, new_run_request
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,6 +64,7 @@ class ServingState:
     gate: AdmissionGate = field(init=False)
     threads: ThreadRunner = field(init=False)
     authenticator: Authenticator | None = field(init=False)  # None: auth is off
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         # ConfigError here (auth on without a key) stops the server before it listens.
@@ -74,6 +76,7 @@ class ServingState:
         concurrency = self.config.scaling.replica_concurrency
         self.gate = AdmissionGate(concurrency, self.settings.max_queue)
         self.threads = ThreadRunner(concurrency + SPARE_THREADS)
+        self.metrics = Metrics(self.gate)
 
     @property
     def is_ready(self) -> bool:

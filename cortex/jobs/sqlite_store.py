@@ -85,6 +85,9 @@ class SQLiteJobStore:
     ) -> tuple[list[Run], str | None]:
         return await self._read(tx.list_runs, status, function, limit, cursor)
 
+    async def count_runs(self) -> dict[RunStatus, int]:
+        return await self._read(tx.count_runs)
+
     async def claim(self, now: float, lease_seconds: float) -> Run | None:
         return await self._write(tx.claim, now, lease_seconds)
 

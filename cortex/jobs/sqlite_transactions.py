@@ -339,6 +339,13 @@ def list_runs(
     return [_run_from_row(row) for row in page], next_cursor
 
 
+def count_runs(conn: sqlite3.Connection, namespace: str) -> dict[RunStatus, int]:
+    rows = conn.execute(
+        f"SELECT status, COUNT(*) FROM {RUNS} WHERE namespace = ? GROUP BY status", (namespace,)
+    )
+    return {RunStatus(status): count for status, count in rows}
+
+
 def claim_deliveries(
     conn: sqlite3.Connection, namespace: str, now: float, limit: int, lease_seconds: float
 ) -> list[Delivery]:

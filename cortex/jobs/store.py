@@ -51,6 +51,10 @@ class JobStore(Protocol):
         None at the end."""
         ...
 
+    async def count_runs(self) -> dict[RunStatus, int]:
+        """How many of this namespace's runs are in each status (absent: none), for /metrics."""
+        ...
+
     async def claim(self, now: float, lease_seconds: float) -> Run | None:
         """The oldest pending run of this namespace, now processing under a lease, with its
         attempt number + 1. Never a run of another namespace, however old."""

@@ -281,6 +281,7 @@ class WebhookDispatcher:
     - client: the httpx client to send with; by default one of new_client(), closed by aclose()
     - concurrency: attempts in flight at once; batch: deliveries claimed per run_once
     - timeout: seconds for one attempt; resolve: the async resolver (tests name their own hosts)
+    - on_attempt: told each attempt's outcome once recorded: delivered, retrying or failed
     """
 
     def __init__(
@@ -296,6 +297,7 @@ class WebhookDispatcher:
         batch: int = 16,
         timeout: float = DELIVERY_TIMEOUT,
         resolve: AsyncResolver = resolve_host_async,
+        on_attempt: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         _require_secret(secret, "webhook secret")  # fails here, not on every attempt
         self._store = store
@@ -309,6 +311,7 @@ class WebhookDispatcher:
         self._batch = batch
         self._timeout = timeout
         self._resolve = resolve
+        self._on_attempt = on_attempt  # "delivered", "retrying" or "failed" (e.g. a metric)
         self._wakeup = asyncio.Event()
         # Claimed deliveries wait for a slot, then resolve and send: the lease must outlast that,
         # and no more, since after a crash another dispatcher waits it out before resending.
@@ -361,6 +364,7 @@ class WebhookDispatcher:
         retry_at = next_attempt(attempts, self._schedule, now, result.status, result.retry_after)
         error = None if result.delivered else result.describe()
         await self._store.record_delivery(delivery.delivery_id, attempts, result.delivered, retry_at, error)
+        self._on_attempt("delivered" if result.delivered else "failed" if retry_at is None else "retrying")
         _log_attempt(delivery, attempts, result, retry_at, now)
 
 
