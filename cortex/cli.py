@@ -143,6 +143,28 @@ def _print_token(project_id: str | None, ttl: int, subject: str | None) -> int:
     return 0
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("target")
+@click.option("--data", default=None, help="The arguments as one JSON object, as the HTTP body would be.")
+@click.option("--debug", is_flag=True, help="Show the traceback when the function raises.")
+@click.pass_context
+def run(ctx: click.Context, target: str, data: str | None, debug: bool) -> None:
+    """Call one function of main.py here, without a server, and print its JSON result.
+
+    TARGET is FUNCTION, main.py::FUNCTION or APP_DIR/main.py::FUNCTION. Arguments come from
+    --data '{...}' and/or --name value pairs (a value is read as JSON when it parses, else as a
+    string). Arguments are validated as the server validates them. A generator prints one JSON
+    line per chunk as it comes. What the app prints goes to stderr.
+    """
+    from cortex.local_run import parse_arguments, parse_target, run_function
+
+    def call() -> int:
+        arguments = parse_arguments(data, ctx.args)
+        return run_function(parse_target(target), arguments, sys.stdout)
+
+    sys.exit(_run(call, debug))
+
+
 def _run(action: Callable[[], int], debug: bool) -> int:
     try:
         return action()

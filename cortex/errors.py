@@ -165,3 +165,11 @@ class GatewayTimeoutError(RequestError):
 
     status = 504
     code = "gateway_timeout"
+
+
+class RunUsageError(CortexError):
+    """`cortex run` was given a target or arguments it cannot understand."""
+
+
+class FunctionRaisedError(CortexError):
+    """A function called by `cortex run` raised: `Type: message`; the cause keeps the traceback."""
