@@ -28,6 +28,10 @@ class ServeError(CortexError):
     """The server cannot start (e.g. the port is taken)."""
 
 
+class BuildError(CortexError):
+    """`cortex build` cannot write or build the image (a missing file, a failed docker build)."""
+
+
 class DiscoveryError(CortexError):
     """main.py imported, but its functions cannot be served as they are written."""
 

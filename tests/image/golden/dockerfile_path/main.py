@@ -1,0 +1,2 @@
+def hello(name: str = "world") -> dict:
+    return {"greeting": f"hello {name}"}
