@@ -165,6 +165,42 @@ def run(ctx: click.Context, target: str, data: str | None, debug: bool) -> None:
     sys.exit(_run(call, debug))
 
 
+@cli.command()
+@click.argument("app_dir", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--output",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the Dockerfile, ignore file, cortex wheel and k8s.yaml.  "
+    "[default: APP_DIR/.cortex/build]",
+)
+@click.option("--tag", default=None, help="Image tag.  [default: <app name>:latest]")
+@click.option("--k8s", is_flag=True, help="Also write Kubernetes manifests (Deployment, Service, HPA).")
+@click.option(
+    "--project-id",
+    envvar="CORTEX_PROJECT_ID",
+    default="p-local",
+    show_default=True,
+    help="Project id set in the manifests' env (env CORTEX_PROJECT_ID).",
+)
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def build(
+    app_dir: Path, output: Path | None, tag: str | None, k8s: bool, project_id: str, debug: bool
+) -> None:
+    """Turn cerebrium.toml into a container image recipe, and build it when Docker is running.
+
+    Without a Docker engine, the files are written and the docker build command is printed.
+    """
+    from cortex.builder import BuildOptions
+    from cortex.builder import build as run_build
+
+    if not app_dir.is_dir():
+        click.echo(f"Error: {app_dir} is not a folder. Pass the folder holding cerebrium.toml.", err=True)
+        sys.exit(EXIT_ERROR)
+    options = BuildOptions(app_dir, output, tag, k8s, project_id)
+    sys.exit(_run(lambda: run_build(options, click.echo), debug))
+
+
 def _run(action: Callable[[], int], debug: bool) -> int:
     try:
         return action()
