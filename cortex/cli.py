@@ -143,6 +143,28 @@ def _print_token(project_id: str | None, ttl: int, subject: str | None) -> int:
     return 0
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--template", "-t", default="basic", show_default=True, help="Which template to start from.")
+@click.option("--list", "list_only", is_flag=True, help="List the templates, one line each, and exit.")
+def init(name: str | None, template: str, list_only: bool) -> None:
+    """Create the app folder NAME (main.py, cerebrium.toml, README.md) from a template."""
+    sys.exit(_run(lambda: _init(name, template, list_only), debug=False))
+
+
+def _init(name: str | None, template: str, list_only: bool) -> int:
+    from cortex.errors import ScaffoldError
+    from cortex.scaffold import describe_templates, list_templates, next_steps, scaffold
+
+    if list_only:
+        click.echo(describe_templates(list_templates()))
+        return 0
+    if name is None:
+        raise ScaffoldError("Name the app: cortex init NAME [--template T] (cortex init --list shows T).")
+    click.echo(next_steps(scaffold(name, template, Path.cwd())))
+    return 0
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("target")
 @click.option("--data", default=None, help="The arguments as one JSON object, as the HTTP body would be.")

@@ -177,3 +177,7 @@ class RunUsageError(CortexError):
 
 class FunctionRaisedError(CortexError):
     """A function called by `cortex run` raised: `Type: message`; the cause keeps the traceback."""
+
+
+class ScaffoldError(CortexError):
+    """`cortex init` cannot create the app (a bad name, an unknown template, a non-empty folder)."""

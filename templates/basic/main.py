@@ -1,4 +1,7 @@
-"""Your app: every public function in this file is an HTTP endpoint."""
+"""The smallest app, as `cerebrium init` makes it: run(prompt) answers {"my_result": prompt}.
+
+Every public function in this file is an HTTP endpoint.
+"""
 
 
 def run(prompt: str, run_id):
