@@ -71,6 +71,13 @@ def cli() -> None:
     help="A .env file (KEY=value lines) loaded before main.py is imported; "
     "variables already set in the environment win.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text: for people (rich on a terminal); json: one object per line on stderr "
+    "(env CORTEX_LOG_FORMAT).  [default: text]",
+)
 def serve(
     app_dir: Path,
     host: str,
@@ -82,6 +89,7 @@ def serve(
     access_log: bool,
     auth: bool | None,
     env_file: str | None,
+    log_format: str | None,
 ) -> None:
     """Serve the app in APP_DIR (default: the current directory).
 
@@ -92,7 +100,7 @@ def serve(
     from cortex.server import serve as run_server
 
     options = ServeOptions(
-        app_dir, host, port, project_id, store, reload, debug, access_log, auth, env_file=env_file
+        app_dir, host, port, project_id, store, reload, debug, access_log, auth, env_file, log_format
     )
     sys.exit(_run(lambda: run_server(options), debug))
 

@@ -392,6 +392,10 @@ class Settings:
     public_metadata: bool = False  # with auth on, /metrics, /docs and /openapi.json stay open too
     request_read_timeout: float = 30.0  # seconds to receive a request's headers and body
     keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection is kept open
+    log_format: str = "text"  # "text" (rich on a terminal) or "json" (one object per line)
+    # Cerebrium's own names, without CORTEX_ (see _VARIABLES); "true" turns the logs off.
+    disable_request_logs: bool = False  # the DEBUG "call in" line and uvicorn's access log
+    disable_response_logs: bool = False  # the INFO line at the end of each call
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -402,7 +406,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for field in fields(Settings):
-        variable = f"CORTEX_{field.name.upper()}"
+        variable = _VARIABLES.get(field.name, f"CORTEX_{field.name.upper()}")
         if env.get(variable):
             values[field.name] = _SETTING_PARSERS[field.name](variable, env[variable])
     for name, value in overrides.items():
@@ -411,6 +415,18 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if value is not None:
             values[name] = _SETTING_PARSERS[name](name, value)
     return Settings(**values)
+
+
+def _log_format(label: str, raw: object) -> str:
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if text in ("text", "json"):
+        return text
+    raise ConfigError(f"{label}: expected text or json, got {raw!r}")
+
+
+def _disabled(label: str, raw: object) -> bool:
+    """Cerebrium's rule for DISABLE_*_LOGS: "true" disables; any other value keeps the logs."""
+    return raw is True or (isinstance(raw, str) and raw.strip().lower() in ("true", "1"))
 
 
 def _url_safe_text(label: str, raw: object) -> str:
@@ -475,4 +491,12 @@ _SETTING_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "public_metadata": _flag,
     "request_read_timeout": lambda label, raw: _seconds(label, raw),
     "keep_alive_timeout": lambda label, raw: _seconds(label, raw),
+    "log_format": _log_format,
+    "disable_request_logs": _disabled,
+    "disable_response_logs": _disabled,
+}
+# Settings read from a variable other than CORTEX_<NAME>: Cerebrium's own names.
+_VARIABLES = {
+    "disable_request_logs": "DISABLE_REQUEST_LOGS",
+    "disable_response_logs": "DISABLE_RESPONSE_LOGS",
 }

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from time import perf_counter
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -29,7 +30,8 @@ from cortex.errors import (
 )
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import RunError, RunRequest, finished
-from cortex.metrics import CallObserver
+from cortex.logs import current_run_id, log_call, request_logger
+from cortex.metrics import NO_RESPONSE, CallObserver
 from cortex.openai_compat.routes import OpenAIRoutes, match_openai_path
 from cortex.responses import (
     SSE_HEADERS,
@@ -84,13 +86,17 @@ class FunctionRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         observed = self.state.metrics.observer(send)  # counts the call once it is answered
+        run_id = str(uuid.uuid4())
+        current_run_id.set(run_id)  # this request's task only: the user's output carries it
         try:
-            await self._handle(scope, receive, observed)
+            await self._handle(scope, receive, observed, run_id)
         finally:
             observed.finish()
+            if observed.function:  # a call of a function, not a poll or a refused path
+                status = observed.status or NO_RESPONSE
+                log_call(observed.function, status, (perf_counter() - observed.started) * 1000, run_id)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: CallObserver) -> None:
-        run_id = str(uuid.uuid4())
+    async def _handle(self, scope: Scope, receive: Receive, send: CallObserver, run_id: str) -> None:
         try:
             rest = path_after_app(self.state, scope["path"])
             if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
@@ -105,6 +111,7 @@ class FunctionRoutes:
             spec = self._function(rest, scope["method"])
             send.function = spec.name
             body, wants_sse = await read_request(scope, receive, self.state.settings.max_body_bytes)
+            request_logger.debug("%s(): %d bytes in", spec.name, len(body))
             kwargs = parse_arguments(spec, body)
             options = parse_call_options(scope)
             if options is not NO_OPTIONS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from cortex.discovery import Registry
 from cortex.environment import load_env_file, set_app_identity
 from cortex.errors import CortexError, ServeError
 from cortex.http_protocol import connection_options
+from cortex.logs import LogFormat, install_streams, log_config, restore_streams
 from cortex.state import ServingState
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,6 +48,7 @@ class ServeOptions:
     access_log: bool = False
     auth: bool | None = None  # None: CORTEX_AUTH, else cerebrium.toml's disable_auth
     env_file: str | None = None  # a dotenv file loaded before main.py is imported
+    log_format: str | None = None  # None: CORTEX_LOG_FORMAT, else text
 
 
 def serve(options: ServeOptions) -> int:
@@ -58,6 +59,7 @@ def serve(options: ServeOptions) -> int:
     if options.env_file is not None:  # before the settings, so a .env may hold CORTEX_* too
         load_env_file(Path(options.env_file))  # a --reload child inherits os.environ
     settings = _settings(options)
+    install_streams(_log_format(settings))  # a call's prints carry its run id from here on
     set_app_identity(loaded.config.deployment.name, settings.project_id)
     state = ServingState(options.app_dir, loaded.config, settings)  # checks the auth keys too
     sock = bind_socket(options.host, options.port)
@@ -81,7 +83,10 @@ def serve(options: ServeOptions) -> int:
 
     app = build_app(state, _announce(options, state), on_load_failed)
     server = uvicorn.Server(_uvicorn_config(app, options, state))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        restore_streams()
     return 1 if failure else 0
 
 
@@ -97,7 +102,7 @@ def _serve_with_reload(options: ServeOptions) -> None:
         host=options.host,
         port=options.port,
         access_log=options.access_log,
-        log_config=_log_config(options.debug),
+        log_config=_log_config(_settings(options)),
         # The child builds its ServingState from the same variables; the limits must match it.
         **connection_options(_settings(options)),
     )
@@ -107,14 +112,20 @@ def reloadable_app() -> CortexApp:
     """uvicorn's factory in a `--reload` child: the parent's options, read back."""
     fields = json.loads(os.environ[_RELOAD_OPTIONS])
     options = ServeOptions(**{**fields, "app_dir": Path(fields["app_dir"])})
-    state = ServingState(options.app_dir, load_config(options.app_dir).config, _settings(options))
+    settings = _settings(options)
+    install_streams(_log_format(settings))
+    state = ServingState(options.app_dir, load_config(options.app_dir).config, settings)
     return build_app(state, _announce(options, state))
 
 
 def _settings(options: ServeOptions) -> Settings:
     """CORTEX_* variables, overridden by the flags that were given."""
     return load_settings(
-        project_id=options.project_id, store=options.store, debug=options.debug or None, auth=options.auth
+        project_id=options.project_id,
+        store=options.store,
+        debug=options.debug or None,
+        auth=options.auth,
+        log_format=options.log_format,
     )
 
 
@@ -141,7 +152,7 @@ def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) 
         host=options.host,
         port=options.port,
         access_log=options.access_log,
-        log_config=_log_config(options.debug),
+        log_config=_log_config(state.settings),
         lifespan="on",
         # SIGTERM: stop accepting, let in-flight calls finish for up to the grace period.
         timeout_graceful_shutdown=int(state.grace_seconds),
@@ -206,11 +217,18 @@ async def _until_accepting(host: str, port: int) -> None:
 _background: set[asyncio.Future[None]] = set()  # keeps the printing task referenced until done
 
 
-def _log_config(debug: bool) -> dict[str, Any]:
-    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    level = "DEBUG" if debug else "INFO"
-    config["loggers"]["cortex"] = {"handlers": ["default"], "level": level, "propagate": False}
-    return config
+def _log_format(settings: Settings) -> LogFormat:
+    return "json" if settings.log_format == "json" else "text"
+
+
+def _log_config(settings: Settings) -> dict[str, Any]:
+    """cortex's, uvicorn's and the app's loggers: text or JSON lines, DISABLE_*_LOGS applied."""
+    return log_config(
+        _log_format(settings),
+        settings.debug,
+        request_logs=not settings.disable_request_logs,
+        response_logs=not settings.disable_response_logs,
+    )
 
 
 logging.getLogger("cortex").addHandler(logging.NullHandler())

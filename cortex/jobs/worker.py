@@ -18,6 +18,7 @@ from cortex.errors import RequestError
 from cortex.invocation import invoke, open_stream, parse_arguments
 from cortex.jobs.models import Outcome, Run, RunError, RunStatus
 from cortex.jobs.store import JobStore
+from cortex.logs import current_run_id, log_call
 from cortex.openai_compat.aggregate import apply_shape
 from cortex.openai_compat.models import ResultShape
 from cortex.serialization import encode_json
@@ -138,6 +139,7 @@ class RunWorker:
         heartbeat = asyncio.ensure_future(self._heartbeat(run))
         try:
             outcome = await self._execute(run)
+            log_call(run.function, outcome.status.value, outcome.run_time_ms, run.run_id)
             if await self.store.finish(run.run_id, run.attempt, outcome, self.clock()) is not None:
                 self.on_finished()
         finally:
@@ -156,6 +158,7 @@ class RunWorker:
                 return
 
     async def _execute(self, run: Run) -> Outcome:
+        current_run_id.set(run.run_id)  # this run's task only: the user's output carries it
         started = time.perf_counter()
 
         def failed(error_type: str, message: str) -> Outcome:
