@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/hello-world
 PYTEST_ARGS ?=
 
-.PHONY: install install-ml serve-example test test-ml lint format typecheck check bench bench-llm clean
+.PHONY: install install-ml system-packages serve-example test test-ml lint format typecheck check bench bench-llm bench-proxy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,17 @@ serve-example: $(STAMP)
 	$(BIN)/cortex serve $(EXAMPLE) --host 127.0.0.1 --port 8000
 
 # The default suite. Collecting no test is a failure (pytest's exit code 5), never a pass.
-test: $(STAMP)
+# Debian packages some tests drive for real: Chromium renders the dashboard.
+SYSTEM_PACKAGES := chromium
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing$$missing (apt-get)"; \
+	  { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } || \
+	  echo "make: could not install$$missing; the tests that need it are SKIPPED, not passed." >&2; fi
+
+test: $(STAMP) system-packages
 	@status=0; $(BIN)/pytest -m "not slow" $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then \
 	  echo "make test: pytest collected no tests; that is a failure, not a pass." >&2; fi; \
@@ -72,6 +82,11 @@ bench: $(STAMP)
 # cortex serve + cortex.vllm against vLLM's own OpenAI server, same tiny model (needs .venv-ml).
 bench-llm: $(ML_STAMP)
 	$(ML_BIN)/python bench/llm.py
+
+# The custom runtime's proxy against calling the app's own server directly, same run (wrk and curl).
+bench-proxy: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/proxy.py
 
 clean:
 	rm -rf $(VENV) $(ML_VENV) .mypy_cache .ruff_cache .pytest_cache
