@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from time import perf_counter
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -31,6 +32,8 @@ from cortex.errors import (
     StoreError,
 )
 from cortex.invocation import parse_arguments
+from cortex.logs import current_run_id, log_call
+from cortex.metrics import NO_RESPONSE, CallObserver
 from cortex.responses import read_request
 from cortex.routes import FunctionRoutes, path_after_app, send_rejection
 from cortex.run_routes import parse_call_options
@@ -39,6 +42,7 @@ from cortex.state import ServingState
 
 logger = logging.getLogger("cortex.proxy")
 
+PROXIED_LABEL = "<proxied>"
 NOT_READY = "The app's server is starting: its readiness check has not passed yet. Retry shortly."
 READY_POLL_SECONDS = 0.1
 
@@ -117,16 +121,32 @@ class ProxyRoutes:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send, run_id)
             return
+        observed = self.state.metrics.observer(send)
+        # One label for every forwarded path: paths come from clients, labels must stay few.
+        observed.function = PROXIED_LABEL
+        current_run_id.set(run_id)
+        try:
+            await self._handle(scope, receive, observed, run_id)
+        finally:
+            observed.finish()
+            if observed.kind != "runs":
+                status = observed.status or NO_RESPONSE
+                log_call(PROXIED_LABEL, status, (perf_counter() - observed.started) * 1000, run_id)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: CallObserver, run_id: str) -> None:
         try:
             rest = path_after_app(self.state, scope["path"])
             if rest and rest[0] == "runs" and (len(rest) > 1 or scope["method"] != "POST"):
+                send.kind = "runs"
                 await self.functions.jobs().runs.handle(scope, receive, send, rest[1:])
                 return
             self._require_ready()
             options = parse_call_options(scope)
             if not (options.run_async or options.webhook_url is not None):  # the app's own query
+                send.kind = "proxy"
                 await self._forward(scope, receive, send, run_id)
                 return
+            send.kind = "async" if options.run_async else "call"
             if scope["method"] != "POST":
                 raise MethodNotAllowedError(
                     f"?async=true and webhookEndpoint send the JSON body with POST; got {scope['method']}."

@@ -268,3 +268,24 @@ def test_function_apps_refuse_websockets(tmp_path: Path) -> None:
             return caught.value.response.status_code
 
         assert asyncio.run(connect()) == 404
+
+
+def test_proxied_calls_are_counted_in_metrics(proxied: Served) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def count(kind: str, status: str) -> float:
+        families = text_string_to_metric_families(httpx.get(f"{proxied.url}/metrics").text)
+        return sum(
+            sample.value
+            for family in families
+            if family.name == "cortex_requests"
+            for sample in family.samples
+            if sample.name == "cortex_requests_total"
+            and sample.labels == {"function": "<proxied>", "kind": kind, "status": status}
+        )
+
+    ok, teapot = count("proxy", "200"), count("proxy", "418")
+    assert httpx.post(f"{proxied.base}/predict", json={}).status_code == 200
+    assert httpx.post(f"{proxied.base}/fail").status_code == 418
+    assert count("proxy", "200") == ok + 1
+    assert count("proxy", "418") == teapot + 1
