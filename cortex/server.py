@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -75,6 +76,7 @@ def serve(options: ServeOptions) -> int:
     server: uvicorn.Server
 
     def on_load_failed(exc: CortexError) -> None:
+        _stop_spinners()
         failure.append(exc)
         if options.debug:
             traceback.print_exception(exc)
@@ -86,6 +88,7 @@ def serve(options: ServeOptions) -> int:
     try:
         server.run(sockets=[sock])
     finally:
+        _stop_spinners()
         restore_streams()
     return 1 if failure else 0
 
@@ -177,10 +180,39 @@ def _print_start(options: ServeOptions, loaded: LoadedConfig, state: ServingStat
         console.print(f"[bold red]WARNING:[/] {escape(exposed)}")
 
 
+class _Elapsed:
+    """Rendered on each refresh of the spinner, so the seconds count up by themselves."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.perf_counter()
+
+    def __rich__(self) -> str:
+        return f"{self.label} {time.perf_counter() - self.started:.1f} s"
+
+
+class _ImportSpinner:
+    """While main.py imports (or the app's own server starts): a spinner with the elapsed time,
+    on a terminal only; piped output gets the "imported in N s" line alone."""
+
+    def __init__(self, state: ServingState) -> None:
+        label = "Starting the app's server..." if state.is_custom_runtime else "Importing main.py..."
+        self._status = console.status(_Elapsed(label)) if console.is_terminal else None
+        if self._status is not None:
+            self._status.start()
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
 def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry | None], None]:
     """Print the endpoints once main.py is loaded *and* the server accepts connections."""
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     base_url = f"http://{host}:{options.port}{state.base_path}"
+    spinner = _ImportSpinner(state)
+    _spinners.append(spinner)
 
     async def print_when_serving(registry: Registry | None) -> None:
         await _until_accepting(host, options.port)  # the import can beat uvicorn's startup
@@ -196,11 +228,20 @@ def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry 
         console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
 
     def on_loaded(registry: Registry | None) -> None:
+        spinner.stop()
         task = asyncio.ensure_future(print_when_serving(registry))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
     return on_loaded
+
+
+_spinners: list[_ImportSpinner] = []
+
+
+def _stop_spinners() -> None:
+    while _spinners:
+        _spinners.pop().stop()
 
 
 async def _until_accepting(host: str, port: int) -> None:
