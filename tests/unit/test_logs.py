@@ -5,12 +5,25 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from cortex.config import load_settings
 from cortex.errors import ConfigError
-from cortex.logs import JsonFormatter, RunIdFilter, RunTaggedStream, current_run_id
+from cortex.logs import (
+    CallLineHandler,
+    JsonFormatter,
+    LogFormat,
+    PlainTextFormatter,
+    RunIdFilter,
+    RunTaggedStream,
+    current_run_id,
+    log_call,
+    response_logger,
+)
+
+RUN = 'run-"1"\u00e9'  # a run id from a header may hold anything JSON must escape
 
 
 def test_disable_logs_follow_cerebrium_true_only_rule() -> None:
@@ -62,3 +75,72 @@ def test_json_stream_wraps_every_line() -> None:
     records = [json.loads(line) for line in sink.getvalue().splitlines()]
     assert records[0]["message"] == "outside" and "run_id" not in records[0]
     assert records[0]["logger"] == "stderr" and not stream.isatty()
+
+
+@pytest.fixture
+def response_level() -> Iterator[None]:
+    response_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        response_logger.setLevel(logging.NOTSET)
+
+
+def _call_line(log_format: LogFormat, status: int | str = 200) -> str:
+    sink = io.StringIO()
+    handler = CallLineHandler(sink, log_format)
+    try:
+        log_call("predict", status, 1.2345, RUN)
+    finally:
+        handler.close()
+    return sink.getvalue()
+
+
+def _formatted(formatter: logging.Formatter, status: int | str = 200) -> str:
+    record = logging.LogRecord(
+        "cortex.response", logging.INFO, __file__, 1, "%s %s %.1fms", ("predict", status, 1.2345), None
+    )
+    record.__dict__.update(function="predict", status=status, duration_ms=1.234, run_id=RUN)
+    return formatter.format(record) + "\n"
+
+
+@pytest.mark.usefixtures("response_level")
+def test_call_line_is_written_as_the_text_formatter_would() -> None:
+    line = _call_line("text")
+    stamp = len("2024-01-01 12:00:00,000")
+    assert (
+        line[stamp:] == _formatted(PlainTextFormatter())[stamp:] == f" INFO     [{RUN}] predict 200 1.2ms\n"
+    )
+
+
+@pytest.mark.usefixtures("response_level")
+@pytest.mark.parametrize("status", [200, "completed"])
+def test_call_line_is_written_as_the_json_formatter_would(status: int | str) -> None:
+    line = _call_line("json", status)
+    expected = _formatted(JsonFormatter(), status)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert line[line.index('"level"') :] == expected[expected.index('"level"') :]
+    record = json.loads(line)
+    assert record["run_id"] == RUN and record["status"] == status and record["duration_ms"] == 1.234
+    assert record["ts"].endswith("Z") and len(record["ts"]) == len("2024-01-01T12:00:00.000Z")
+
+
+def test_call_line_follows_the_response_logger_level() -> None:
+    response_logger.setLevel(logging.WARNING)  # what DISABLE_RESPONSE_LOGS sets
+    try:
+        assert _call_line("text") == ""
+    finally:
+        response_logger.setLevel(logging.NOTSET)
+
+
+@pytest.mark.usefixtures("response_level")
+def test_call_line_goes_through_logging_once_its_handler_is_closed() -> None:
+    _call_line("json")  # closes its handler
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    response_logger.addHandler(handler)
+    try:
+        log_call("predict", 200, 1.0, RUN)
+    finally:
+        response_logger.removeHandler(handler)
+    assert sink.getvalue() == "predict 200 1.0ms\n"
