@@ -105,7 +105,8 @@ class AdmissionGate:
     """At most `limit` calls in flight; up to `max_waiting` more wait in line, FIFO; then 429.
 
     Cerebrium's `replica_concurrency` is the limit. Waiters are plain futures: a slot freed by
-    `leave()` is handed straight to the next waiter, so nobody can jump the queue.
+    `leave()` is handed straight to the next waiter, so nobody can jump the queue. The async-run
+    worker also stands in line, with a turn that takes no slot (`wait_for_turn`).
     """
 
     def __init__(self, limit: int, max_waiting: int) -> None:
@@ -113,22 +114,29 @@ class AdmissionGate:
         self.max_waiting = max(0, max_waiting)
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._turns: set[asyncio.Future[None]] = set()  # those of `_waiters` that want no slot
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Callers waiting for a slot (a turn wants none: it neither counts nor is refused)."""
+        return len(self._waiters) - len(self._turns)
+
+    @property
+    def has_room(self) -> bool:
+        """A slot is free for whoever calls enter() next."""
+        return self.active < self.limit and not self._waiters
 
     async def enter(self, wait_in_line: bool = False) -> None:
         """Take a slot, waiting in line for one; OverloadedError when the line is full.
 
         `wait_in_line` always waits (the async-run worker: its runs are already queued).
         """
-        if self.active < self.limit and not self._waiters:
+        if self.has_room:
             self.active += 1
             return
-        if len(self._waiters) >= self.max_waiting and not wait_in_line:
+        if self.waiting >= self.max_waiting and not wait_in_line:
             raise OverloadedError(
-                f"Too many requests: {self.active} running and {len(self._waiters)} waiting "
+                f"Too many requests: {self.active} running and {self.waiting} waiting "
                 f"(replica_concurrency={self.limit}, CORTEX_MAX_QUEUE={self.max_waiting}). "
                 "Retry after a moment."
             )
@@ -144,12 +152,38 @@ class AdmissionGate:
                     self._waiters.remove(waiter)
             raise
 
+    async def wait_for_turn(self) -> None:
+        """Return once a slot is free or our turn in line has come, taking no slot.
+
+        For the async-run worker before it looks for a run: holding a slot for that look would
+        refuse a call that arrives meanwhile although nothing runs. Its turn in line keeps runs
+        from starving while calls keep the line full; when the turn comes the slot goes on to the
+        next waiter, so the run found then waits in line with enter(wait_in_line=True).
+        """
+        if self.has_room:
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        self._turns.add(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # leave() may have dropped it already
+                self._waiters.remove(turn)
+            self._turns.discard(turn)  # a turn owns nothing: there is no slot to pass on
+            raise
+
     def leave(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter; `active` is unchanged
-                return
+            if waiter.done():  # cancelled, and not yet out of the line
+                self._turns.discard(waiter)
+                continue
+            waiter.set_result(None)
+            if waiter in self._turns:
+                self._turns.discard(waiter)  # a turn takes no slot: it goes on down the line
+                continue
+            return  # the slot moves to the waiter; `active` is unchanged
         self.active -= 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -50,8 +51,10 @@ class RunWorker:
     """Takes pending runs from the store while `gate` has room, and runs each in a task.
 
     Async runs share the gate (replica_concurrency) with sync calls, and obey the same time
-    limit. Only the current attempt of a run may record its outcome, so a late result of a
-    cancelled or re-queued run is discarded by the store.
+    limit. A slot is taken only for a run that was claimed: a call may take the free slot while
+    the worker looks, and then the run waits in line for one (its lease kept alive), alone: the
+    worker claims no other run until it has a slot. Only the current attempt of a run may record
+    its outcome, so a late result of a cancelled or re-queued run is discarded by the store.
     """
 
     def __init__(
@@ -75,7 +78,8 @@ class RunWorker:
         self.timings = timings
         self.clock = clock
         self.on_finished = on_finished  # e.g. wake the webhook dispatcher
-        self.running: dict[str, asyncio.Task[None]] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}  # claimed runs, waiting for a slot or not
+        self._waiting: set[asyncio.Task[None]] = set()  # those of `running` not yet holding a slot
         self._wakeup = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -88,12 +92,14 @@ class RunWorker:
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop claiming; let running attempts finish for up to `drain_seconds`, then cancel
-        them (they stay claimed until their lease runs out, then run again)."""
-        for task in self._loops:
+        them (they stay claimed until their lease runs out, then run again). A run still waiting
+        for a slot has not started: it is cancelled at once, and runs again the same way."""
+        for task in [*self._loops, *self._waiting]:
             task.cancel()
-        if self.running and drain_seconds > 0:
-            logger.info("Waiting up to %g s for %d running async run(s)", drain_seconds, len(self.running))
-            await asyncio.wait(list(self.running.values()), timeout=drain_seconds)
+        started = [task for task in self.running.values() if task not in self._waiting]
+        if started and drain_seconds > 0:
+            logger.info("Waiting up to %g s for %d running async run(s)", drain_seconds, len(started))
+            await asyncio.wait(started, timeout=drain_seconds)
         tasks = [*self._loops, *self.running.values()]
         for task in tasks:
             task.cancel()
@@ -116,45 +122,64 @@ class RunWorker:
 
     async def _claim_loop(self) -> None:
         while True:
-            await self.gate.enter(wait_in_line=True)
+            # No slot is held while looking: a call arriving meanwhile is never refused for it.
+            await self.gate.wait_for_turn()
+            self._wakeup.clear()  # a run submitted from now on is looked for again at once
             try:
                 run = await self.store.claim(self.clock(), self.timings.lease)
             except Exception:
-                self.gate.leave()
                 logger.exception("Could not claim a run; retrying")
                 await asyncio.sleep(self.timings.poll)
                 continue
             if run is None:
-                self.gate.leave()
                 await self._wait_for_work()
-                continue
-            self.running[run.run_id] = asyncio.ensure_future(self._run_and_release(run))
+            else:
+                await self._start(run)
 
     async def _wait_for_work(self) -> None:
-        self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin TimeoutError before 3.11
             await asyncio.wait_for(self._wakeup.wait(), self.timings.poll)
 
-    async def _run_and_release(self, run: Run) -> None:
-        heartbeat = asyncio.ensure_future(self._heartbeat(run))
+    async def _start(self, run: Run) -> None:
+        """Run `run` in a task; return once it holds a slot or has ended."""
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._run_when_admitted(run, admitted))
+        self.running[run.run_id] = task
+        self._waiting.add(task)
+        task.add_done_callback(functools.partial(self._forget, run.run_id))
+        await asyncio.wait((admitted, task), return_when=asyncio.FIRST_COMPLETED)
+
+    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        # A callback, not a `finally`: a task cancelled before its first step runs none.
+        self._waiting.discard(task)
+        if self.running.get(run_id) is task:  # not a later attempt of the same run
+            del self.running[run_id]
+
+    async def _run_when_admitted(self, run: Run, admitted: asyncio.Future[None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        # Heartbeats first: the lease must outlive a wait in line behind calls.
+        heartbeat = asyncio.ensure_future(self._heartbeat(run, task))
         try:
-            outcome = await self._execute(run)
-            log_call(run.function, outcome.status.value, outcome.run_time_ms, run.run_id)
-            if await self.store.finish(run.run_id, run.attempt, outcome, self.clock()) is not None:
-                self.on_finished()
+            await self.gate.enter(wait_in_line=True)  # cancelled while waiting, it takes no slot
+            self._waiting.discard(task)  # with no await in between: stop() sees it as started
+            admitted.set_result(None)
+            try:
+                outcome = await self._execute(run)
+                log_call(run.function, outcome.status.value, outcome.run_time_ms, run.run_id)
+                if await self.store.finish(run.run_id, run.attempt, outcome, self.clock()) is not None:
+                    self.on_finished()
+            finally:
+                self.gate.leave()
         finally:
             heartbeat.cancel()
-            self.running.pop(run.run_id, None)
-            self.gate.leave()
 
-    async def _heartbeat(self, run: Run) -> None:
+    async def _heartbeat(self, run: Run, attempt: asyncio.Task[Any]) -> None:
         while True:
             await asyncio.sleep(self.timings.heartbeat)
             lease_until = self.clock() + self.timings.lease
             if not await self.store.heartbeat(run.run_id, run.attempt, lease_until):
-                task = self.running.get(run.run_id)
-                if task is not None:
-                    task.cancel()  # cancelled elsewhere, or re-queued: this attempt is stale
+                attempt.cancel()  # cancelled elsewhere, or re-queued: this attempt is stale
                 return
 
     async def _execute(self, run: Run) -> Outcome:

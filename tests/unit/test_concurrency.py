@@ -354,6 +354,134 @@ def test_gate_returns_to_idle_after_a_burst_and_never_exceeds_its_limit() -> Non
     asyncio.run(main())
 
 
+# AdmissionGate.wait_for_turn: the async-run worker's place in line, which takes no slot
+
+
+async def start_waiting_for_turn(gate: AdmissionGate) -> asyncio.Task[None]:
+    task = asyncio.create_task(gate.wait_for_turn())
+    await asyncio.sleep(0)
+    return task
+
+
+def test_turn_comes_at_once_when_a_slot_is_free_and_takes_it_not() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=0)
+        assert (await start_waiting_for_turn(gate)).done()
+        assert (gate.active, gate.waiting, gate.has_room) == (0, 0, True)
+        assert (await start_entering(gate)).done()  # a call after it is admitted at once
+
+    asyncio.run(main())
+
+
+def test_turn_comes_when_the_slot_is_freed_and_leaves_it_free() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=0)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        assert not turn.done()
+        gate.leave()
+        await turn
+        assert (gate.active, gate.waiting, gate.has_room) == (0, 0, True)
+
+    asyncio.run(main())
+
+
+def test_turn_is_neither_counted_as_waiting_nor_makes_calls_be_refused() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=1)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        assert (gate.active, gate.waiting) == (1, 0)
+        queued = await start_entering(gate)  # the line's one place is still free for a call
+        assert not queued.done()
+        with pytest.raises(OverloadedError, match=r"^Too many requests: 1 running and 1 waiting "):
+            await gate.enter()
+        turn.cancel()
+        queued.cancel()
+
+    asyncio.run(main())
+
+
+def test_turn_waits_behind_earlier_callers_in_line() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=5)
+        await gate.enter()
+        queued = await start_entering(gate)
+        turn = await start_waiting_for_turn(gate)
+        gate.leave()  # the slot goes to the caller that was in line first
+        await queued
+        await asyncio.sleep(0)
+        assert not turn.done()
+        gate.leave()
+        await turn
+        assert (gate.active, gate.waiting) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_when_the_turn_comes_the_slot_goes_on_to_the_caller_behind_it() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=5)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        behind = await start_entering(gate)
+        gate.leave()
+        await turn
+        await behind  # the turn took no slot: the caller behind it has the one freed
+        assert (gate.active, gate.waiting) == (1, 0)
+        gate.leave()
+        assert (gate.active, gate.has_room) == (0, True)
+
+    asyncio.run(main())
+
+
+def test_cancelled_turn_leaves_the_line_and_gives_back_nothing() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=5)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        behind = await start_entering(gate)
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        assert (gate.active, gate.waiting) == (1, 1)
+        gate.leave()
+        await behind
+        assert (gate.active, gate.waiting) == (1, 0)
+        gate.leave()
+        assert (gate.active, gate.has_room) == (0, True)
+
+    asyncio.run(main())
+
+
+def test_turn_cancelled_in_the_same_step_as_a_leave_gives_back_nothing() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=5)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        turn.cancel()
+        gate.leave()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        assert (gate.active, gate.waiting, gate.has_room) == (0, 0, True)
+
+    asyncio.run(main())
+
+
+def test_turn_handed_over_then_cancelled_before_it_resumes_passes_nothing_on() -> None:
+    async def main() -> None:
+        gate = AdmissionGate(limit=1, max_waiting=5)
+        await gate.enter()
+        turn = await start_waiting_for_turn(gate)
+        gate.leave()  # the turn comes and the slot is freed...
+        turn.cancel()  # ...and it is cancelled before it resumes: it held nothing to pass on
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        assert (gate.active, gate.waiting, gate.has_room) == (0, 0, True)
+
+    asyncio.run(main())
+
+
 # run_with_deadline
 
 
