@@ -40,7 +40,7 @@ serve-example: $(STAMP)
 
 # The default suite. Collecting no test is a failure (pytest's exit code 5), never a pass.
 # Debian packages some tests drive for real: Chromium renders the dashboard.
-SYSTEM_PACKAGES := chromium
+SYSTEM_PACKAGES := chromium redis-server
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -28,6 +28,7 @@ from cortex.app import build_app
 from cortex.config import load_config, load_settings
 from cortex.http_protocol import connection_options
 from cortex.state import ServingState
+from tests.redis_server import RedisServer, redis_server_path
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
@@ -236,3 +237,45 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     yield receiver
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def _require_redis_server() -> None:
+    if redis_server_path() is None:
+        pytest.skip(
+            "REDIS TESTS SKIPPED: redis-server is not installed. Run `make system-packages` "
+            "(or apt-get install redis-server); CI installs it."
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One durable redis-server (AOF everysec) shared by the session; see tests/redis_server.py."""
+    _require_redis_server()
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """redis://127.0.0.1:PORT/0 on the shared server, emptied (FLUSHALL) for this test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.restart()  # a previous test killed it
+    redis_server.command("FLUSHALL")
+    return redis_server.url
+
+
+@pytest.fixture
+def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    """`start_redis(["--appendonly", "no"])`: a server of this test's own, stopped after it."""
+    _require_redis_server()
+    started: list[RedisServer] = []
+
+    def start(args: list[str] | None = None) -> RedisServer:
+        server = RedisServer.start(tmp_path_factory.mktemp("redis"), args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
