@@ -379,6 +379,9 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     debug: bool = False
     store: str | None = None  # None: sqlite:///<APP_DIR>/.cortex/runs.db
+    # A Redis store refuses to start on a server that could lose acknowledged runs (no AOF,
+    # or a maxmemory-policy that evicts) instead of only warning.
+    strict_durability: bool = False
     max_attempts: int = 3  # tries of an async run the server died during
     run_lease_seconds: int = 15  # a run whose worker stops heart-beating this long runs again
     webhook_secret: str | None = None  # whsec_...; None: generated once, kept in the state dir
@@ -393,6 +396,7 @@ class Settings:
     request_read_timeout: float = 30.0  # seconds to receive a request's headers and body
     keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection is kept open
     log_format: str = "text"  # "text" (rich on a terminal) or "json" (one object per line)
+    workers: int = 1  # `cortex serve` processes sharing the port and the run store
     # Cerebrium's own names, without CORTEX_ (see _VARIABLES); "true" turns the logs off.
     disable_request_logs: bool = False  # the DEBUG "call in" line and uvicorn's access log
     disable_response_logs: bool = False  # the INFO line at the end of each call
@@ -477,6 +481,7 @@ _SETTING_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_queue": lambda label, raw: _integer(label, raw, 0, "a non-negative integer"),
     "max_body_bytes": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
     "debug": _flag,
+    "strict_durability": _flag,
     "store": lambda label, raw: _text(label, raw, "a store URL such as sqlite:///path/runs.db"),
     "max_attempts": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
     "run_lease_seconds": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
@@ -492,6 +497,7 @@ _SETTING_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "request_read_timeout": lambda label, raw: _seconds(label, raw),
     "keep_alive_timeout": lambda label, raw: _seconds(label, raw),
     "log_format": _log_format,
+    "workers": lambda label, raw: _integer(label, raw, 1, "a positive integer"),
     "disable_request_logs": _disabled,
     "disable_response_logs": _disabled,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,6 +127,13 @@ class SQLiteJobStore:
 
     async def sweep_expired(self, now: float) -> int:
         return await self._write(tx.sweep_expired, now)
+
+    async def cancelled_runs(self) -> AsyncIterator[str]:
+        """Never yields: processes sharing the file have no channel between them. A worker
+        learns of another process's cancel when its heartbeat is refused (the run is no longer
+        processing), within one heartbeat interval; its own cancels it sees directly."""
+        await asyncio.Event().wait()
+        yield ""  # unreachable: makes this an async generator
 
     async def _read(self, query: Callable[..., T], *args: Any) -> T:
         # Each query is a single SELECT, consistent on its own without a transaction.

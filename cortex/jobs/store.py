@@ -1,7 +1,8 @@
-"""The JobStore interface every store implements (SQLite here; Redis in a later issue)."""
+"""The JobStore interface every store implements (SQLite, Redis), and choosing one by URL."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -114,6 +115,17 @@ class JobStore(Protocol):
         A delivery of another namespace is left alone."""
         ...
 
+    def cancelled_runs(self) -> AsyncIterator[str]:
+        """Ids of this namespace's runs as they are cancelled through any store instance (another
+        replica's included), so the worker running one can stop it now, not at its next heartbeat.
+
+        An endless async iterator; the caller stops it by cancelling the task iterating it.
+        Best effort: a store that cannot broadcast (SQLite: its processes share only a file)
+        never yields, and a missed message only delays the stop until the heartbeat, which
+        the store refuses for a cancelled run (`heartbeat` False), so nothing depends on it.
+        """
+        ...
+
     async def sweep_expired(self, now: float) -> int:
         """Delete terminal runs past their TTL (with their events and deliveries); the count.
 
@@ -125,14 +137,29 @@ class JobStore(Protocol):
 
 
 DEFAULT_STORE_FILE = "runs.db"
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
-def store_from_url(url: str | None, state_dir: Path, namespace: str) -> JobStore:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir.
+def store_from_url(
+    url: str | None, state_dir: Path, namespace: str, strict_durability: bool | None = None
+) -> JobStore:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir;
+    `redis://[:password@]host:port/db` or `rediss://...` (TLS) for replicas sharing one Redis.
 
     The store serves `namespace`, `"{project_id}/{app_name}"`, and only it (see JobStore).
+    `strict_durability` (a Redis store refuses to open on a server that could lose acknowledged
+    runs): None reads CORTEX_STRICT_DURABILITY.
     """
-    from cortex.jobs.sqlite_store import SQLiteJobStore  # lazily: Redis stores will need extras
+    if url is not None and url.startswith(REDIS_SCHEMES):
+        from cortex.jobs.redis_store import RedisJobStore  # lazily: SQLite users never import redis
+
+        if strict_durability is None:
+            from cortex.config import load_settings
+
+            strict_durability = load_settings().strict_durability
+        return RedisJobStore(url, namespace, strict_durability)
+
+    from cortex.jobs.sqlite_store import SQLiteJobStore
 
     if url is None:
         return SQLiteJobStore(state_dir / DEFAULT_STORE_FILE, namespace)
@@ -140,5 +167,6 @@ def store_from_url(url: str | None, state_dir: Path, namespace: str) -> JobStore
         return SQLiteJobStore(Path(url[len("sqlite:///") :]), namespace)
     raise StoreError(
         f"CORTEX_STORE: unsupported store URL {url!r}. Use sqlite:///path/to/runs.db "
-        "(sqlite:////abs/path for an absolute path)."
+        "(sqlite:////abs/path for an absolute path), or redis://[:password@]host:6379/0 "
+        "(rediss:// for TLS) to share runs between replicas."
     )

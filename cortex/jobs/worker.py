@@ -88,6 +88,7 @@ class RunWorker:
             asyncio.ensure_future(self._claim_loop()),
             asyncio.ensure_future(self._every(self.timings.recover, self._recover)),
             asyncio.ensure_future(self._every(self.timings.sweep, self._sweep)),
+            asyncio.ensure_future(self._follow_cancellations()),
         ]
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
@@ -119,6 +120,19 @@ class RunWorker:
         if before is not None and not before.is_terminal:
             self.on_finished()
         return run, before
+
+    async def _follow_cancellations(self) -> None:
+        """Stop a run cancelled through another replica now, not at its next heartbeat (which
+        the store refuses for a cancelled run: the fallback when a message is missed)."""
+        while True:
+            try:
+                async for run_id in self.store.cancelled_runs():
+                    task = self.running.get(run_id)
+                    if task is not None:
+                        task.cancel()  # as in cancel(): the store already holds the cancelled run
+            except Exception:
+                logger.exception("Could not follow cancellations; retrying")
+            await asyncio.sleep(self.timings.poll)
 
     async def _claim_loop(self) -> None:
         while True:

@@ -12,6 +12,7 @@ import pytest
 
 from cortex.errors import IdempotencyConflictError, OverloadedError, RequestError
 from cortex.jobs.models import Outcome, Run, RunError, RunRequest, RunStatus, WebhookStatus, webhook_payload
+from cortex.jobs.redis_store import RedisJobStore
 from cortex.jobs.sqlite_store import SQLiteJobStore
 from cortex.jobs.store import JobStore
 
@@ -23,15 +24,30 @@ HOOK = "https://example.com/hook"
 NAMESPACE = "p-one/app"
 OTHER_NAMESPACE = "p-two/app"  # another project's app, on the same backing store
 
-# Each factory builds an unopened store of a namespace, backed by what lives in a directory (so
-# two calls with one directory share their data); the Redis store joins here later.
-STORES: dict[str, Callable[[Path, str], JobStore]] = {
+# Each factory builds an unopened store of a namespace, backed by what `where` names: a
+# directory for SQLite, a URL for Redis (so two calls with one `where` share their data).
+STORES: dict[str, Callable[[Any, str], JobStore]] = {
     "sqlite": lambda directory, namespace: SQLiteJobStore(directory / "runs.db", namespace),
+    "redis": lambda url, namespace: RedisJobStore(url, namespace),
 }
+
+# One event loop per test: a Redis client's connections belong to the loop that opened them.
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+@pytest.fixture(autouse=True)
+def event_loop_of_the_test() -> Iterator[None]:
+    global _loop
+    _loop = asyncio.new_event_loop()
+    yield
+    _loop.close()
+    _loop = None
 
 
 def sync(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    if _loop is None:  # imported by another module's tests: a loop per call is enough there
+        return asyncio.run(coro)
+    return _loop.run_until_complete(coro)
 
 
 def request_for(run_id: str, created_at: float = 100.0, **changes: Any) -> RunRequest:
@@ -49,22 +65,28 @@ def kind(request: pytest.FixtureRequest) -> str:
     return name
 
 
-def opened_store(kind: str, directory: Path, namespace: str) -> Iterator[JobStore]:
-    job_store = STORES[kind](directory, namespace)
+@pytest.fixture
+def where(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """What the store of this kind is backed by: a directory, or an emptied Redis database."""
+    return request.getfixturevalue("redis_url") if kind == "redis" else tmp_path
+
+
+def opened_store(kind: str, where: Any, namespace: str) -> Iterator[JobStore]:
+    job_store = STORES[kind](where, namespace)
     sync(job_store.open())
     yield job_store
     sync(job_store.close())
 
 
 @pytest.fixture
-def store(kind: str, tmp_path: Path) -> Iterator[JobStore]:
-    yield from opened_store(kind, tmp_path, NAMESPACE)
+def store(kind: str, where: Any) -> Iterator[JobStore]:
+    yield from opened_store(kind, where, NAMESPACE)
 
 
 @pytest.fixture
-def neighbour(kind: str, tmp_path: Path, store: JobStore) -> Iterator[JobStore]:
+def neighbour(kind: str, where: Any, store: JobStore) -> Iterator[JobStore]:
     """Another app's store on the same data as `store` (opened after it)."""
-    yield from opened_store(kind, tmp_path, OTHER_NAMESPACE)
+    yield from opened_store(kind, where, OTHER_NAMESPACE)
 
 
 def submit(store: JobStore, run_id: str, max_pending: int = 100, **changes: Any) -> Run:
