@@ -78,6 +78,13 @@ def cli() -> None:
     help="text: for people (rich on a terminal); json: one object per line on stderr "
     "(env CORTEX_LOG_FORMAT).  [default: text]",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Server processes sharing the port and the run store; each runs async runs too "
+    "(env CORTEX_WORKERS). Not with --reload or a custom runtime.  [default: 1]",
+)
 def serve(
     app_dir: Path,
     host: str,
@@ -90,6 +97,7 @@ def serve(
     auth: bool | None,
     env_file: str | None,
     log_format: str | None,
+    workers: int | None,
 ) -> None:
     """Serve the app in APP_DIR (default: the current directory).
 
@@ -100,7 +108,7 @@ def serve(
     from cortex.server import serve as run_server
 
     options = ServeOptions(
-        app_dir, host, port, project_id, store, reload, debug, access_log, auth, env_file, log_format
+        app_dir, host, port, project_id, store, reload, debug, access_log, auth, env_file, log_format, workers
     )
     sys.exit(_run(lambda: run_server(options), debug))
 

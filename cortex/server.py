@@ -30,11 +30,14 @@ from cortex.errors import CortexError, ServeError
 from cortex.http_protocol import connection_options
 from cortex.logs import LogFormat, install_streams, log_config, restore_streams
 from cortex.state import ServingState
+from cortex.workers import STARTUP_FAILURE, check_workers, claim_once, exit_worker, run_workers
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-# `--reload` runs the app in a child process that uvicorn restarts; this carries the options.
+# `--reload` runs the app in a child process that uvicorn restarts, `--workers N` in N of them;
+# these carry the options to the children.
 _RELOAD_OPTIONS = "_CORTEX_RELOAD_OPTIONS"
+_WORKER_OPTIONS = "_CORTEX_WORKER_OPTIONS"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ServeOptions:
     auth: bool | None = None  # None: CORTEX_AUTH, else cerebrium.toml's disable_auth
     env_file: str | None = None  # a dotenv file loaded before main.py is imported
     log_format: str | None = None  # None: CORTEX_LOG_FORMAT, else text
+    workers: int | None = None  # None: CORTEX_WORKERS, else 1 (see cortex.workers)
 
 
 def serve(options: ServeOptions) -> int:
@@ -60,6 +64,7 @@ def serve(options: ServeOptions) -> int:
     if options.env_file is not None:  # before the settings, so a .env may hold CORTEX_* too
         load_env_file(Path(options.env_file))  # a --reload child inherits os.environ
     settings = _settings(options)
+    check_workers(settings.workers, options.workers is not None, options.reload, custom)
     install_streams(_log_format(settings))  # a call's prints carry its run id from here on
     set_app_identity(loaded.config.deployment.name, settings.project_id)
     state = ServingState(options.app_dir, loaded.config, settings)  # checks the auth keys too
@@ -72,6 +77,14 @@ def serve(options: ServeOptions) -> int:
         sock.close()  # uvicorn's reloader binds the port itself
         _serve_with_reload(options)
         return 0
+    if settings.workers > 1:
+        _pass_options(options, _WORKER_OPTIONS)
+        factory = "cortex.server:worker_app"
+        config = _uvicorn_config(factory, options, state, factory=True, workers=settings.workers)
+        try:
+            return run_workers(config, sock)
+        finally:
+            restore_streams()
     failure: list[CortexError] = []
     server: uvicorn.Server
 
@@ -95,8 +108,7 @@ def serve(options: ServeOptions) -> int:
 
 def _serve_with_reload(options: ServeOptions) -> None:
     """uvicorn restarts a child process on changes; the child rebuilds the app from the options."""
-    app_dir = options.app_dir.resolve()
-    os.environ[_RELOAD_OPTIONS] = json.dumps({**asdict(options), "app_dir": str(app_dir)})
+    app_dir = _pass_options(options, _RELOAD_OPTIONS)
     uvicorn.run(
         "cortex.server:reloadable_app",
         factory=True,
@@ -113,12 +125,43 @@ def _serve_with_reload(options: ServeOptions) -> None:
 
 def reloadable_app() -> CortexApp:
     """uvicorn's factory in a `--reload` child: the parent's options, read back."""
-    fields = json.loads(os.environ[_RELOAD_OPTIONS])
+    options, state = _child_state(_RELOAD_OPTIONS)
+    return build_app(state, _announce(options, state))
+
+
+def worker_app() -> CortexApp:
+    """uvicorn's factory in each `--workers` process. The first worker to load main.py prints the
+    endpoints; a failed import stops them all, as it stops a single server."""
+    options, state = _child_state(_WORKER_OPTIONS)
+    announce = _announce(options, state, spinner=False)
+
+    def on_loaded(registry: Registry | None) -> None:
+        if claim_once("ready"):
+            announce(registry)
+
+    def on_load_failed(exc: CortexError) -> None:
+        if claim_once("failed"):  # every worker fails alike: say it once
+            if options.debug:
+                traceback.print_exception(exc)
+            console.print(f"[red]Error:[/] {escape(exc.message)}")
+        exit_worker(STARTUP_FAILURE)  # the supervisor stops the others instead of restarting it
+
+    return build_app(state, on_loaded, on_load_failed)
+
+
+def _pass_options(options: ServeOptions, variable: str) -> Path:
+    """Into the environment, which uvicorn's child processes inherit; the absolute app dir."""
+    app_dir = options.app_dir.resolve()
+    os.environ[variable] = json.dumps({**asdict(options), "app_dir": str(app_dir)})
+    return app_dir
+
+
+def _child_state(variable: str) -> tuple[ServeOptions, ServingState]:
+    fields = json.loads(os.environ[variable])
     options = ServeOptions(**{**fields, "app_dir": Path(fields["app_dir"])})
     settings = _settings(options)
     install_streams(_log_format(settings))
-    state = ServingState(options.app_dir, load_config(options.app_dir).config, settings)
-    return build_app(state, _announce(options, state))
+    return options, ServingState(options.app_dir, load_config(options.app_dir).config, settings)
 
 
 def _settings(options: ServeOptions) -> Settings:
@@ -129,6 +172,7 @@ def _settings(options: ServeOptions) -> Settings:
         debug=options.debug or None,
         auth=options.auth,
         log_format=options.log_format,
+        workers=options.workers,
     )
 
 
@@ -149,7 +193,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) -> uvicorn.Config:
+def _uvicorn_config(
+    app: CortexApp | str, options: ServeOptions, state: ServingState, **extra: Any
+) -> uvicorn.Config:
+    """`extra`: e.g. factory and workers, when `app` is an import string (see cortex.workers)."""
     return uvicorn.Config(
         app,
         host=options.host,
@@ -161,6 +208,7 @@ def _uvicorn_config(app: CortexApp, options: ServeOptions, state: ServingState) 
         timeout_graceful_shutdown=int(state.grace_seconds),
         # Read deadline, 431 for oversized heads, keep-alive timeout: see cortex.http_protocol.
         **connection_options(state.settings),
+        **extra,
     )
 
 
@@ -175,6 +223,8 @@ def _print_start(options: ServeOptions, loaded: LoadedConfig, state: ServingStat
     authenticator = state.authenticator
     if authenticator is not None:
         console.print(f"Authentication: on (JWT bearer tokens, {authenticator.verifier.algorithms}).")
+    if state.settings.workers > 1:
+        console.print(f"Workers: {state.settings.workers} processes on this port, sharing the run store.")
     exposed = exposure_warning(options.host, authenticator is not None)
     if exposed is not None:
         console.print(f"[bold red]WARNING:[/] {escape(exposed)}")
@@ -207,12 +257,17 @@ class _ImportSpinner:
             self._status = None
 
 
-def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry | None], None]:
-    """Print the endpoints once main.py is loaded *and* the server accepts connections."""
+def _announce(
+    options: ServeOptions, state: ServingState, spinner: bool = True
+) -> Callable[[Registry | None], None]:
+    """Print the endpoints once main.py is loaded *and* the server accepts connections.
+
+    spinner=False: for worker processes, which import main.py side by side on one terminal."""
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     base_url = f"http://{host}:{options.port}{state.base_path}"
-    spinner = _ImportSpinner(state)
-    _spinners.append(spinner)
+    status = _ImportSpinner(state) if spinner else None
+    if status is not None:
+        _spinners.append(status)
 
     async def print_when_serving(registry: Registry | None) -> None:
         await _until_accepting(host, options.port)  # the import can beat uvicorn's startup
@@ -228,7 +283,8 @@ def _announce(options: ServeOptions, state: ServingState) -> Callable[[Registry 
         console.print(f"Ready. OpenAPI document: http://{host}:{options.port}/openapi.json")
 
     def on_loaded(registry: Registry | None) -> None:
-        spinner.stop()
+        if status is not None:
+            status.stop()
         task = asyncio.ensure_future(print_when_serving(registry))
         _background.add(task)
         task.add_done_callback(_background.discard)
