@@ -1,6 +1,8 @@
 """Functions for tests of several replicas (or workers) sharing one run store."""
+
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
 
@@ -9,7 +11,10 @@ def pid():
     return os.getpid()
 
 
-async def nap(seconds: float = 0.1):
+async def nap(seconds: float = 0.1, trace: str = ""):
+    """With `trace` (a folder): a file per start, named after the process that started it."""
+    if trace:
+        Path(trace, f"{os.getpid()}-{uuid.uuid4()}").touch()
     await asyncio.sleep(seconds)
     return {"pid": os.getpid()}
 
