@@ -23,6 +23,7 @@ from cortex.custom.routes import NOT_READY
 from cortex.custom.runtime import build_custom_runtime
 from cortex.discovery import FunctionSpec, Registry, discover
 from cortex.errors import CortexError
+from cortex.http_protocol import DIRECT_LANE
 from cortex.jobs.ssrf import parse_allow_cidrs
 from cortex.jobs.store import store_from_url
 from cortex.jobs.webhooks import (
@@ -147,12 +148,13 @@ def build_app(
         return custom.start(lambda: loaded(None, _proxy_document(state)), on_load_failed or _log_error)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         starting = asyncio.ensure_future(start())
         lookup = None if custom is None else custom.routes.function
         try:
             async with _job_engine(state, lookup):
-                yield
+                # Lifespan state reaches every connection (uvicorn's app_state): the proxy's lane.
+                yield {} if custom is None else {DIRECT_LANE: custom.lane}
         finally:
             starting.cancel()
             if custom is not None:  # after the runs drained: they may be calling the app

@@ -126,6 +126,13 @@ class AdmissionGate:
         """A slot is free for whoever calls enter() next."""
         return self.active < self.limit and not self._waiters
 
+    def try_enter(self) -> bool:
+        """Take a free slot at once, or take nothing and say so (the caller then waits with enter)."""
+        if self.has_room:
+            self.active += 1
+            return True
+        return False
+
     async def enter(self, wait_in_line: bool = False) -> None:
         """Take a slot, waiting in line for one; OverloadedError when the line is full.
 

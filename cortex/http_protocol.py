@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 from uvicorn.config import Config
@@ -36,6 +36,41 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     protocol = functools.partial(HardenedHttpProtocol, request_read_timeout=settings.request_read_timeout)
     # uvicorn annotates timeout_keep_alive as int but only passes it to loop.call_later: floats work.
     return {"http": protocol, "timeout_keep_alive": settings.keep_alive_timeout}
+
+
+# The lifespan state key under which an app offers a DirectLane to the connections.
+DIRECT_LANE = "cortex.direct_lane"
+
+
+class DirectExchange(Protocol):
+    """A request a DirectLane took: the connection feeds it the body, then it answers on its own.
+
+    While it answers it stands where uvicorn keeps the request's cycle, so uvicorn's own logic
+    (pipelined requests wait, shutdown lets it finish, a lost connection marks it) applies to it:
+    hence these four attributes, which are a RequestResponseCycle's names.
+    """
+
+    response_complete: bool
+    keep_alive: bool
+    disconnected: bool
+
+    @property
+    def message_event(self) -> Any: ...  # .set() is called when the connection is lost
+
+    def on_body(self, body: bytes) -> None: ...
+
+    def on_request_complete(self) -> None: ...
+
+    def on_client_gone(self) -> None: ...
+
+
+class DirectLane(Protocol):
+    """Answers some requests below ASGI, straight from the parsed head (the custom runtime's
+    proxy: an ASGI round trip would cost more than the whole exchange with the app's server)."""
+
+    def take(self, connection: HardenedHttpProtocol) -> DirectExchange | None:
+        """The exchange that will answer this request, or None to leave it to the ASGI app."""
+        ...
 
 
 class _HeadTooLargeError(Exception):
@@ -74,6 +109,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self._chunk_bytes = 0  # size of the chunk being parsed
         self._requests_read = 0  # tells whether a chunk held the end of a request
         self._discarding = False  # answered 408/431: the rest of the input is dropped
+        self._direct: DirectExchange | None = None  # the request a DirectLane is answering
+        self._direct_receiving = False  # ... and its body is still arriving
 
     # Connection
 
@@ -83,6 +120,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self._start_read_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._direct is not None:
+            self._direct.on_client_gone()
         self._read_deadline = None
         for timer in (self._read_timer, self._linger_timer):
             if timer is not None:
@@ -134,12 +173,25 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         arrived = self._head_bytes + self._chunk_bytes
         if arrived > MAX_HEAD_BYTES and self._parsed_head_size() > MAX_HEAD_BYTES:
             raise _HeadTooLargeError
-        super().on_headers_complete()
+        if not self._take_directly():
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._direct_receiving:
+            assert self._direct is not None
+            self._direct.on_body(body)
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._receiving = False
         self._requests_read += 1
         self._read_deadline = None  # handling it has its own limit: response_grace_period
+        if self._direct_receiving:
+            assert self._direct is not None
+            self._direct_receiving = False
+            self._direct.on_request_complete()
+            return
         super().on_message_complete()
         cycle = self.cycle
         if cycle is not None and cycle.response_complete:
@@ -155,6 +207,29 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         # has just been started.
         if self._receiving or not pipelined:
             self._start_read_clock()
+
+    # Requests answered below ASGI
+
+    def _take_directly(self) -> bool:
+        lane: DirectLane | None = self.app_state.get(DIRECT_LANE)
+        if lane is None or self._is_answering():  # a pipelined request waits in uvicorn's line
+            return False
+        exchange = lane.take(self)
+        if exchange is None:
+            return False
+        self._direct = exchange
+        self._direct_receiving = True
+        self.cycle = exchange  # type: ignore[assignment]  # see DirectExchange
+        return True
+
+    def direct_exchange_done(self, exchange: DirectExchange) -> None:
+        """The exchange has written its whole response: on to the next request, as uvicorn does."""
+        if self._direct is exchange:
+            self._direct = None
+        exchange.response_complete = True
+        if not exchange.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     # The read deadline
 

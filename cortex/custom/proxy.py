@@ -1,7 +1,7 @@
 """Forward one HTTP request or WebSocket session to the app's own server, streaming both ways.
 
-aiohttp is the client: per request it costs a tenth of httpx's CPU on this path, and it speaks
-WebSockets too. The header rules (what is hop-by-hop, what X-Forwarded-* says) are pure
+HTTP goes through cortex's own lean client (upstream_client.py), WebSockets through aiohttp. The
+header rules (what is hop-by-hop, what X-Forwarded-* says) are pure
 functions; the rest moves bytes between the ASGI connection and the upstream one.
 """
 
@@ -17,6 +17,7 @@ import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from cortex.custom.upstream_client import UpstreamPool, UpstreamResponse, read_all
 from cortex.errors import ClientDisconnectedError
 from cortex.responses import encode_error, payload_too_large, wait_for_disconnect
 
@@ -45,6 +46,10 @@ _REPLACED = frozenset(
 _HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
+# The body is framed anew for the app (Content-Length, or chunked when the client streamed it); an
+# Expect: 100-continue was already answered to the client by uvicorn.
+FRAMING = frozenset({b"content-length", b"expect"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # aiohttp adds these unless told not to; the app should see what the client sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -61,11 +66,25 @@ def upstream_path(scope: Scope, prefix_segments: int = 4) -> str:
 
 def forwarded_headers(scope: Scope, request_id: str, drop: frozenset[bytes] = frozenset()) -> Headers:
     """The client's headers minus hop-by-hop ones, plus X-Request-Id and X-Forwarded-*."""
+    client = scope.get("client")
+    scheme = scope.get("scheme", "http").replace("ws", "http")  # ws -> http, wss -> https
+    return request_headers(scope["headers"], client[0] if client else None, scheme, request_id, drop)
+
+
+def request_headers(
+    received: Iterable[tuple[bytes, bytes]],
+    client_host: str | None,
+    scheme: str,
+    request_id: str,
+    drop: frozenset[bytes] = frozenset(),
+) -> Headers:
+    """`received` (names lowercased) minus hop-by-hop ones and `drop`, plus X-Request-Id and
+    X-Forwarded-For/-Proto/-Host for a client at `client_host` over `scheme` (http or https)."""
     headers: Headers = []
     forwarded_for: list[bytes] = []
     host = b""
-    connection_tokens = _connection_tokens(scope["headers"])
-    for name, value in scope["headers"]:
+    connection_tokens = _connection_tokens(received)
+    for name, value in received:
         if name == b"x-forwarded-for":
             forwarded_for.append(value)
         if name == b"host":
@@ -73,12 +92,10 @@ def forwarded_headers(scope: Scope, request_id: str, drop: frozenset[bytes] = fr
         if name in HOP_BY_HOP or name in _REPLACED or name in drop or name in connection_tokens:
             continue
         headers.append((name, value))
-    client = scope.get("client")
-    if client:
-        forwarded_for.append(client[0].encode())
+    if client_host:
+        forwarded_for.append(client_host.encode())
     headers.append((b"x-request-id", request_id.encode()))
     headers.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    scheme = scope.get("scheme", "http").replace("ws", "http")  # ws -> http, wss -> https
     headers.append((b"x-forwarded-proto", scheme.encode()))
     if host:
         headers.append((b"x-forwarded-host", host))
@@ -102,18 +119,48 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: str) -> Hea
     return kept
 
 
+def request_head(method: str, target: str, host: bytes, headers: Headers) -> bytes:
+    """The request line and headers, ready for the wire (names and values as the client sent them)."""
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: ".encode("latin-1"), host, b"\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = _header(scope["headers"], b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes, lower: bool = False) -> bytes | None:
+    for key, value in headers:
+        if (key.lower() if lower else key) == name:
+            return value
+    return None
+
+
+async def _stream_down(response: UpstreamResponse, send: Send) -> None:
+    while chunk := await response.read():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _text_headers(headers: Headers) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 class Upstream:
-    """The app's server on 127.0.0.1:`port`, through one pooled aiohttp session."""
+    """The app's server on 127.0.0.1:`port`: HTTP through a pool of lean keep-alive connections,
+    WebSockets through aiohttp."""
 
     def __init__(self, port: int, read_timeout: float, max_body_bytes: int) -> None:
         self.port = port
+        self.host_header = f"127.0.0.1:{port}".encode()
         self.base = URL(f"http://127.0.0.1:{port}")
         self.read_timeout = read_timeout
         self.max_body_bytes = max_body_bytes
+        self.pool = UpstreamPool("127.0.0.1", port, read_timeout)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -130,6 +177,7 @@ class Upstream:
         return self._session
 
     async def aclose(self) -> None:
+        self.pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -143,26 +191,39 @@ class Upstream:
         if first["type"] == "http.disconnect":
             raise ClientDisconnectedError
         first_chunk: bytes = first.get("body", b"")
+        headers = forwarded_headers(scope, request_id, drop=FRAMING)
         body: bytes | AsyncIterator[bytes] = first_chunk
+        chunked = False
         if first.get("more_body", False):
+            declared = _declared_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                raise payload_too_large(self.max_body_bytes)
             body = self._rest_of_body(first_chunk, receive)
+            if declared is None:  # the client sent it chunked: so do we
+                chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                headers.append((b"content-length", b"%d" % declared))
         elif len(first_chunk) > self.max_body_bytes:
             raise payload_too_large(self.max_body_bytes)
-        request = self.session.request(
-            scope["method"],
-            self.url(upstream_path(scope)),
-            headers=_text_headers(forwarded_headers(scope, request_id)),
-            data=body,
-            allow_redirects=False,
-        )
-        async with request as response:
-            headers = response_headers(response.raw_headers, request_id)
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            if response.content_length is None and isinstance(body, bytes):
+        elif first_chunk or scope["method"] in BODY_METHODS:
+            headers.append((b"content-length", b"%d" % len(first_chunk)))
+        head = request_head(scope["method"], upstream_path(scope), self.host_header, headers)
+        response = await self.pool.request(head, body, chunked=chunked, is_head=scope["method"] == "HEAD")
+        try:
+            down = response_headers(response.headers, request_id)
+            await send({"type": "http.response.start", "status": response.status, "headers": down})
+            if response.complete:  # the usual small answer: all of it has already arrived
+                await send({"type": "http.response.body", "body": await response.read(), "more_body": False})
+            elif _header(down, b"content-length") is None and isinstance(body, bytes):
                 # An open-ended stream (SSE): stop reading the app when the client leaves.
-                await _until_done_or_gone(self._stream_down(response, send), receive)
+                await _until_done_or_gone(_stream_down(response, send), receive)
             else:
-                await self._stream_down(response, send)
+                await _stream_down(response, send)
+        except BaseException:
+            response.abort()  # the exchange did not end cleanly: this connection is not reused
+            raise
+        response.release()
 
     async def _rest_of_body(self, first: bytes, receive: Receive) -> AsyncIterator[bytes]:
         size = len(first)
@@ -181,18 +242,17 @@ class Upstream:
             if not message.get("more_body", False):
                 return
 
-    async def _stream_down(self, response: aiohttp.ClientResponse, send: Send) -> None:
-        # iter_any: whatever has arrived, at once; an SSE event is not held back for a full buffer
-        async for chunk in response.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
     async def call_json(self, path: str, body: bytes, request_id: str) -> tuple[int, str, bytes]:
         """POST a JSON body (async runs): (status, content type, body), read whole."""
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        post = self.session.post(self.url(path), data=body, headers=headers, allow_redirects=False)
-        async with post as response:
-            return response.status, response.headers.get("content-type", ""), await response.read()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        response = await self.pool.request(request_head("POST", path, self.host_header, headers), body)
+        status, content_type = response.status, _header(response.headers, b"content-type", lower=True)
+        data = await read_all(response)
+        return status, (content_type or b"").decode("latin-1"), data
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """Handshake upstream first, so a refusal there is a refusal here; then relay both ways."""

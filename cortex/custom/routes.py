@@ -15,12 +15,12 @@ from time import perf_counter
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-import aiohttp
 from pydantic import BeforeValidator, TypeAdapter
 from pydantic_core import from_json
 from starlette.types import Message, Receive, Scope, Send
 
 from cortex.custom.proxy import Upstream, refuse_websocket
+from cortex.custom.upstream_client import UpstreamError
 from cortex.discovery import FunctionKind, FunctionSpec
 from cortex.errors import (
     BadGatewayError,
@@ -176,11 +176,11 @@ class ProxyRoutes:
 
         try:
             await self.upstream.forward(scope, receive, send_tracked, run_id)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             if started:  # mid-response: all we can do is end the connection
                 logger.warning("run %s: the app's server failed mid-response: %s", run_id, exc or type(exc))
                 return
-            raise _gateway_error(exc, self.upstream.port, self.state.grace_seconds) from None
+            raise gateway_error(exc, self.upstream.port, self.state.grace_seconds) from None
         finally:
             gate.leave()
 
@@ -203,7 +203,7 @@ class ProxyRoutes:
             gate.leave()
 
 
-def _gateway_error(exc: BaseException, port: int, grace: float) -> RequestError:
+def gateway_error(exc: BaseException, port: int, grace: float) -> RequestError:
     if isinstance(exc, TimeoutError):
         return GatewayTimeoutError(
             f"The app's server (127.0.0.1:{port}) did not answer within response_grace_period ({grace:g} s)."

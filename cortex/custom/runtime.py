@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cortex.allocator import keep_large_buffers_on_heap
 from cortex.config import CustomRuntimeConfig
+from cortex.custom.fast_lane import ProxyLane
 from cortex.custom.proxy import Upstream
 from cortex.custom.routes import ProxyRoutes
 from cortex.custom.supervisor import Supervisor
@@ -25,6 +27,7 @@ class CustomRuntime:
     supervisor: Supervisor
     upstream: Upstream
     routes: ProxyRoutes
+    lane: ProxyLane  # the common calls, answered below ASGI (see fast_lane.py)
 
     async def start(self, on_ready: Callable[[], None], on_failed: Callable[[CortexError], None]) -> None:
         """Spawn the app's server and wait for its first readiness; a failure stops cortex."""
@@ -44,6 +47,7 @@ class CustomRuntime:
 def build_custom_runtime(state: ServingState, functions: FunctionRoutes) -> CustomRuntime:
     custom = state.config.runtime.custom
     assert custom is not None
+    keep_large_buffers_on_heap()  # this process now relays the app's downloads
     environment = {
         "PORT": str(custom.port),
         "APP_NAME": state.app_name,
@@ -61,7 +65,8 @@ def build_custom_runtime(state: ServingState, functions: FunctionRoutes) -> Cust
     )
     upstream = Upstream(custom.port, state.grace_seconds, state.settings.max_body_bytes)
     state.upstream_ready = lambda: supervisor.ready
-    return CustomRuntime(supervisor, upstream, ProxyRoutes(state, functions, upstream))
+    routes = ProxyRoutes(state, functions, upstream)
+    return CustomRuntime(supervisor, upstream, routes, ProxyLane(state, upstream))
 
 
 def dockerfile_notice(custom: CustomRuntimeConfig) -> str | None:
