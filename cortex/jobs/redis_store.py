@@ -20,7 +20,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -41,6 +41,8 @@ from cortex.jobs.models import (
 from cortex.jobs.sqlite_schema import CANCELLED_ERROR
 
 logger = logging.getLogger("cortex.jobs")
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach the server before a call fails with StoreError
 COMMAND_TIMEOUT = 10.0
@@ -337,10 +339,12 @@ class RedisJobStore:
         channel = self.prefix + "cancelled"
         while True:
             pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+            reading: asyncio.Future[Any] | None = None
             try:
                 await pubsub.subscribe(channel)
                 while True:
-                    message = await pubsub.get_message(timeout=COMMAND_TIMEOUT / 2)
+                    reading = asyncio.ensure_future(pubsub.get_message(timeout=COMMAND_TIMEOUT / 2))
+                    message = await asyncio.shield(reading)  # see _shielded
                     if message is not None and message["type"] == "message":
                         yield message["data"].decode()
             except RedisError as exc:
@@ -348,6 +352,9 @@ class RedisJobStore:
                 await asyncio.sleep(RESUBSCRIBE_SECONDS)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                if reading is not None:  # its connection is closed now: it ends at once
+                    reading.add_done_callback(_retrieve)
+                    await asyncio.wait({reading}, timeout=COMMAND_TIMEOUT)
 
     # --- webhooks -------------------------------------------------------------------------
 
@@ -413,10 +420,29 @@ class RedisJobStore:
     async def _call(self, work: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         """Redis errors (connection lost, server loading, ...) as StoreError; redis-py
         reconnects on the next call, so the store recovers when the server is back."""
+        client = self._client()
         try:
-            return await work(self._client())
+            return await _shielded(work(client))
         except RedisError as exc:
             raise StoreError(f"{self.where}: {type(exc).__name__}: {exc}.") from exc
+
+
+async def _shielded(call: Awaitable[T]) -> T:
+    """Await `call` in a task of its own, so that cancelling the caller always cancels it.
+
+    redis-py can swallow a cancellation that lands mid-command (the caller then runs on: a
+    worker's stop() would wait forever). Shielded, the caller gets CancelledError at once and
+    the command completes on its own, its connection left in a clean state; a write it makes
+    after all is fenced like any late write (a claim is recovered when its lease runs out).
+    """
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # nobody awaits it after a cancel: no "exception never retrieved"
 
 
 def _index_page(
