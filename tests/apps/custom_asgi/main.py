@@ -76,7 +76,9 @@ async def download(request: Request) -> Response:
             yield chunk
             sent += len(chunk)
 
-    return StreamingResponse(body(), media_type="application/octet-stream")
+    # sized=1: a Content-Length download (a file's), else chunked (a generated stream's)
+    headers = {"content-length": str(size)} if request.query_params.get("sized") else None
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
 
 
 async def upload(request: Request) -> Response:
