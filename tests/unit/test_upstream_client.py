@@ -133,7 +133,7 @@ def test_more_bytes_than_content_length_is_an_error_and_the_connection_is_droppe
             response = await pool.request(_head(), b"")
             await read_all(response)
 
-        with pytest.raises(UpstreamError, match="invalid HTTP response|more bytes than its Content-Length"):
+        with pytest.raises(UpstreamError, match=r"invalid HTTP response|more bytes than its Content-Length"):
             await exchange()
         await asyncio.sleep(0.05)
         assert pool._idle == []  # a connection that broke framing is never reused
