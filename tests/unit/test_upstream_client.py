@@ -146,7 +146,10 @@ def test_more_bytes_than_content_length_is_an_error_and_the_connection_is_droppe
 def test_no_answer_within_the_read_timeout_is_a_timeout_and_nothing_listening_is_an_upstream_error() -> None:
     async def main() -> None:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await asyncio.sleep(5)
+            try:
+                await reader.read()  # never answers; returns when the client gives up
+            finally:
+                writer.close()
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -184,6 +187,7 @@ def test_a_streamed_request_body_is_sent_chunked() -> None:
             writer.write(answer(head + rest))
             await writer.drain()
             writer.close()
+            await writer.wait_closed()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
