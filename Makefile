@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/hello-world
 PYTEST_ARGS ?=
 
-.PHONY: install install-ml system-packages serve-example test test-ml lint format typecheck check bench bench-llm bench-proxy clean
+.PHONY: install install-ml system-packages serve-example test test-ml lint format typecheck check bench bench-llm bench-proxy bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ bench-llm: $(ML_STAMP)
 bench-proxy: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/proxy.py
+
+# Async-run throughput of 1, 2, 4 replicas (cortex serve --workers N) on one Redis, and of one on SQLite.
+bench-replicas: $(STAMP)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(BIN)/python bench/replicas.py
 
 clean:
 	rm -rf $(VENV) $(ML_VENV) .mypy_cache .ruff_cache .pytest_cache
