@@ -94,7 +94,8 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("json", "small JSON `POST /predict`", "rps", "req/s", "request", 0.7),
-    Scenario("download", "download `GET /download?mb={mb}`", "mb_per_s", "MB/s", "MiB", 0.9),
+    Scenario("download", "chunked download `GET /download?mb={mb}`", "mb_per_s", "MB/s", "MiB", 0.9),
+    Scenario("sized", "sized download `GET /download?mb={mb}&sized=1`", "mb_per_s", "MB/s", "MiB", 0.9),
     Scenario("sse", "SSE `GET /stream?n={events}&delay=0`", "events_per_s", "events/s", "event", 0.9),
 )
 
@@ -362,6 +363,12 @@ def cpu_seconds(pids: list[int]) -> float:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
+DOWNLOADS = ("download", "sized")  # the app streams it chunked, or with a Content-Length
+
+
+def download_url(base: str, scenario: Scenario, args: argparse.Namespace) -> str:
+    return f"{base}/download?mb={args.mb}" + ("&sized=1" if scenario.key == "sized" else "")
+
 
 # -- sanity checks -----------------------------------------------------------------------------
 
@@ -373,8 +380,8 @@ def check(cortex: Cortex, side: str, scenario: Scenario, args: argparse.Namespac
         with httpx.Client(timeout=CHECK_TIMEOUT_S) as client:
             if scenario.key == "json":
                 _check_predict(client.post(f"{base}/predict", json=JSON_BODY), side)
-            elif scenario.key == "download":
-                _check_download(client, f"{base}/download?mb={args.mb}", side, args.mb)
+            elif scenario.key in DOWNLOADS:
+                _check_download(client, download_url(base, scenario, args), side, args.mb)
             else:
                 _check_stream(client.get(f"{base}/stream?n={args.events}&delay=0"), side, args.events)
     except httpx.HTTPError as exc:
@@ -500,10 +507,10 @@ def load(url: str, scenario: Scenario, args: argparse.Namespace, cpu: str) -> tu
         if result["errors"]:
             raise BenchError(f"POST /predict: {result['errors']} errors under wrk: {result}")
         return result, result["requests"]
-    if scenario.key == "download":
+    if scenario.key in DOWNLOADS:
         size = args.mb * 1024 * 1024
         kind = "application/octet-stream"
-        result = transfers(f"{url}/download?mb={args.mb}", args.transfers, size, kind, cpu)
+        result = transfers(download_url(url, scenario, args), args.transfers, size, kind, cpu)
         # The median transfer's rate: one transfer slowed by other work on the machine moves it less.
         result["mb_per_s"] = size / 1e6 / result["median_transfer_s"]
         result["mb_per_s_all"] = result["bytes"] / 1e6 / result["seconds"]
