@@ -94,6 +94,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("json", "small JSON `POST /predict`", "rps", "req/s", "request", 0.7),
+    Scenario("json_1ms", "1 ms of app CPU `POST /predict?cpu_ms=1`", "rps", "req/s", "request", 0.7),
     Scenario("download", "chunked download `GET /download?mb={mb}`", "mb_per_s", "MB/s", "MiB", 0.9),
     Scenario("sized", "sized download `GET /download?mb={mb}&sized=1`", "mb_per_s", "MB/s", "MiB", 0.9),
     Scenario("sse", "SSE `GET /stream?n={events}&delay=0`", "events_per_s", "events/s", "event", 0.9),
@@ -363,7 +364,13 @@ def cpu_seconds(pids: list[int]) -> float:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
+
+JSON_CALLS = ("json", "json_1ms")  # the echo alone (the proxy's worst case), and with a model's work
 DOWNLOADS = ("download", "sized")  # the app streams it chunked, or with a Content-Length
+
+
+def predict_path(scenario: Scenario) -> str:
+    return "/predict?cpu_ms=1" if scenario.key == "json_1ms" else "/predict"
 
 
 def download_url(base: str, scenario: Scenario, args: argparse.Namespace) -> str:
@@ -378,8 +385,8 @@ def check(cortex: Cortex, side: str, scenario: Scenario, args: argparse.Namespac
     base = cortex.base(side)
     try:
         with httpx.Client(timeout=CHECK_TIMEOUT_S) as client:
-            if scenario.key == "json":
-                _check_predict(client.post(f"{base}/predict", json=JSON_BODY), side)
+            if scenario.key in JSON_CALLS:
+                _check_predict(client.post(f"{base}{predict_path(scenario)}", json=JSON_BODY), side)
             elif scenario.key in DOWNLOADS:
                 _check_download(client, download_url(base, scenario, args), side, args.mb)
             else:
@@ -501,9 +508,11 @@ def transfers(url: str, count: int, size: int, content_type: str, cpu: str) -> d
 
 def load(url: str, scenario: Scenario, args: argparse.Namespace, cpu: str) -> tuple[dict[str, Any], float]:
     """Load one side; (the result, how many units of work it did: requests, MiB or events)."""
-    if scenario.key == "json":
-        wrk(f"{url}/predict", args.warmup, args.connections, cpu)
-        result = wrk(f"{url}/predict", args.duration, args.connections, cpu)
+    if scenario.key in JSON_CALLS:
+        # 1 ms per call blocks the app's event loop: 64 in flight would queue for 64 ms and more
+        connections = args.connections if scenario.key == "json" else min(args.connections, 8)
+        wrk(f"{url}{predict_path(scenario)}", args.warmup, connections, cpu)
+        result = wrk(f"{url}{predict_path(scenario)}", args.duration, connections, cpu)
         if result["errors"]:
             raise BenchError(f"POST /predict: {result['errors']} errors under wrk: {result}")
         return result, result["requests"]
@@ -550,7 +559,7 @@ def describe(side: str, scenario: Scenario, result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{head} FAILED: {result['error'].splitlines()[0]}"
     cpu = ", ".join(f"{name} {us:,.1f} µs" for name, us in result["cpu_us_per_unit"].items())
-    if scenario.key == "json":
+    if scenario.key in JSON_CALLS:
         figure = f"{result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
     else:
         rate = f"{result[scenario.rate]:,.0f} {scenario.unit}"
@@ -617,7 +626,7 @@ def summarise(rounds: list[dict[str, Any]], placements: list[str]) -> list[dict[
     for placement in placements:
         for scenario in SCENARIOS:
             pairs = _pairs(rounds, placement, scenario.key)
-            extras = ("p50_ms", "p99_ms") if scenario.key == "json" else ("first_byte_ms_median",)
+            extras = ("p50_ms", "p99_ms") if scenario.key in JSON_CALLS else ("first_byte_ms_median",)
             row: dict[str, Any] = {
                 "placement": placement,
                 "scenario": scenario.key,

@@ -29,6 +29,9 @@ async def ready(request: Request) -> Response:
 
 async def predict(request: Request) -> Response:
     body = await request.json()
+    busy_until = time.perf_counter() + float(request.query_params.get("cpu_ms", "0")) / 1000
+    while time.perf_counter() < busy_until:  # cpu_ms=N: a model's N ms of CPU work per call
+        pass
     return JSONResponse(
         {
             "echo": body,
