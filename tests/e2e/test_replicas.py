@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -116,8 +117,19 @@ async def _submit_many(replicas: list[Replica], function: str, body: dict, hook:
 
 
 def _statuses(replica: Replica, run_ids: list[str]) -> dict[str, str]:
+    """run_id -> its status; a reply that is no run (a 503 while the store reconnects, a 404 of a
+    lost run) as "HTTP <status> <error code>", so a wait that times out shows it."""
     with replica.client() as client:
-        return {run_id: client.get(f"{replica.base}/runs/{run_id}").json()["status"] for run_id in run_ids}
+        replies = {run_id: client.get(f"{replica.base}/runs/{run_id}") for run_id in run_ids}
+    return {run_id: _status(reply) for run_id, reply in replies.items()}
+
+
+def _status(reply: httpx.Response) -> str:
+    body = reply.json()
+    if "status" in body:
+        status: str = body["status"]
+        return status
+    return f"HTTP {reply.status_code} {body.get('error', {}).get('code')}"
 
 
 def _verified_deliveries(receiver: WebhookReceiver) -> dict[str, dict]:
@@ -151,7 +163,8 @@ def test_kill_9_of_one_replica_leaves_its_runs_to_the_other(
         )
         runs = {run_id: b.get(f"/runs/{run_id}").json() for run_id in run_ids}
         assert {run["result"]["pid"] for run in runs.values()} == {b.pid}  # a's share ran again on b
-        assert len(list(trace.iterdir())) == RUNS + len(started_by_a)
+        # At least once: with a 1 s lease on a busy machine, b may also lose (and rerun) its own.
+        assert len(list(trace.iterdir())) >= RUNS + len(started_by_a)
         wait_for(lambda: set(run_ids) <= set(_verified_deliveries(webhook_receiver)), 30, "every webhook")
     delivered = _verified_deliveries(webhook_receiver)
     assert all(delivered[run_id]["status"] == "completed" for run_id in run_ids)
@@ -171,6 +184,15 @@ def test_kill_9_of_redis_loses_no_acknowledged_run(start_redis, webhook_receiver
         redis.kill9()
         time.sleep(0.5)  # the replicas see the store gone (their polls and claims fail meanwhile)
         redis.restart()
-        wait_for(lambda: set(_statuses(b, run_ids).values()) == {"completed"}, 45, "every run to complete")
+        seen: list[dict[str, str]] = []
+
+        def all_completed() -> bool:
+            seen.append(_statuses(b, run_ids))
+            return set(seen[-1].values()) == {"completed"}
+
+        try:
+            wait_for(all_completed, 45, "every run to complete")
+        except AssertionError:
+            raise AssertionError(f"statuses at the end: {Counter(seen[-1].values())}") from None
         wait_for(lambda: set(run_ids) <= set(_verified_deliveries(webhook_receiver)), 30, "every webhook")
     assert len(set(run_ids)) == RUNS
