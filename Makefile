@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/hello-world
 PYTEST_ARGS ?=
 
-.PHONY: install install-ml system-packages serve-example test test-ml lint format typecheck check bench bench-llm bench-proxy bench-replicas clean
+.PHONY: install install-ml system-packages serve-example test test-ml lint format typecheck check bench bench-llm bench-proxy bench-replicas bench-peers bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,7 @@ check: lint typecheck test
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+	@echo "Against LitServe, BentoML and vLLM's server: make bench-peers (or make bench-all for every bench)."
 
 # cortex serve + cortex.vllm against vLLM's own OpenAI server, same tiny model (needs .venv-ml).
 bench-llm: $(ML_STAMP)
@@ -93,5 +94,14 @@ bench-replicas: $(STAMP)
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/python bench/replicas.py
 
+# Cortex against raw Starlette, LitServe, BentoML (and vLLM's server for LLM chat), same run; it
+# builds .venv-peers (pinned peers + matplotlib) itself. Needs .venv-ml for the LLM part.
+bench-peers: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/peers_run.py $(BENCH_ARGS)
+
+# Every bench, one after the other (about an hour).
+bench-all: bench bench-proxy bench-llm bench-replicas bench-peers
+
 clean:
-	rm -rf $(VENV) $(ML_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ML_VENV) .venv-peers .mypy_cache .ruff_cache .pytest_cache
