@@ -81,11 +81,17 @@ def _row(
         "first_event_p50_ms": _median(
             [cell["first_event_p50_ms"] for cell in ok if "first_event_p50_ms" in cell]
         ),
-        "errors_under_load": sum(int(cell.get("errors", 0)) + int(cell.get("bad_streams", 0)) for cell in ok),
+        "errors_under_load": sum(_errors(cell) for cell in ok),
         "rounds_ok": len(ok),
         "rounds_failed": len([cell for cell in cells if cell is not None and not _ok(cell)]),
         "failures": sorted({cell["error"][:200] for cell in cells if cell is not None and not _ok(cell)}),
     }
+
+
+def _errors(cell: dict[str, Any]) -> int:
+    """Failed requests of one load: wrk's and task_load's count, or sse_load's bad streams."""
+    errors = cell.get("errors", 0)
+    return int(cell.get("bad_streams", 0)) + (len(errors) if isinstance(errors, list) else int(errors))
 
 
 def _na(variant: str, why: str) -> dict[str, Any]:

@@ -144,6 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md or the plots"
     )
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--render", type=Path, help="summarise, plot and report this results file; measure nothing"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.sweep_duration, args.llm_rounds = 1, 3.0, 1.0, 2.0, 1
@@ -567,21 +570,17 @@ def _uptime() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    peer_versions = ensure_peers_venv()
-    precompile()
-    meta = collect_meta(args, peer_versions)
-    log(f"{meta['uptime_at_start']}; peers: {peer_versions}")
-    started = time.monotonic()
-    rounds = run_rounds(args)
-    llm = run_llm(args) if args.llm == "run" else {"error": "skipped (--llm skip)"}
-    meta["wall_s"] = round(time.monotonic() - started, 1)
-    meta["load_average_at_end"] = _load_average()
-    meta["uptime_at_end"] = _uptime()
-    summary = peers_report.summarise(rounds, llm, args.peer_names)
-    payload = jsonable({**meta, "rounds": rounds, "llm": _llm_digest(llm), "summary": summary})
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    log(f"wrote {args.output} ({meta['wall_s']:.0f} s)")
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        args.output = args.render
+    else:
+        payload = measure_all(args)
+    payload["summary"] = peers_report.summarise(
+        payload["rounds"], payload["llm"], payload["settings"]["peers"]
+    )
+    args.output.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
+    log(f"wrote {args.output}")
+    summary = payload["summary"]
     write_docs = not (args.quick or args.no_docs)
     img_dir = peers_report.IMG_DIR if write_docs else Path(tempfile.gettempdir()) / "bench-peers-plots"
     images = peers_report.draw_plots(args.output, img_dir)
@@ -592,6 +591,23 @@ def main(argv: list[str] | None = None) -> int:
         peers_report.write_docs_section(markdown)
         log(f"wrote {peers_report.DOCS_PATH}")
     return 1 if peers_report.has_failures(summary) else 0
+
+
+def measure_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Every round, then the LLM bench; the raw results are saved before anything is summarised."""
+    peer_versions = ensure_peers_venv()
+    precompile()
+    meta = collect_meta(args, peer_versions)
+    log(f"{meta['uptime_at_start']}; peers: {peer_versions}")
+    started = time.monotonic()
+    rounds = run_rounds(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(jsonable({**meta, "rounds": rounds}), indent=2, allow_nan=False) + "\n")
+    llm = run_llm(args) if args.llm == "run" else {"error": "skipped (--llm skip)"}
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    meta["load_average_at_end"] = _load_average()
+    meta["uptime_at_end"] = _uptime()
+    return {**meta, "rounds": rounds, "llm": _llm_digest(llm)}
 
 
 def _llm_digest(llm: dict[str, Any]) -> dict[str, Any]:
