@@ -180,7 +180,8 @@ async def _job_engine(
 ) -> AsyncIterator[None]:
     """Open the store; run the worker (once main.py is loaded) and the webhook dispatcher."""
     settings = state.settings
-    store = store_from_url(settings.store, state.app_dir / STATE_DIR, f"{state.project_id}/{state.app_name}")
+    namespace = f"{state.project_id}/{state.app_name}"
+    store = store_from_url(settings.store, state.app_dir / STATE_DIR, namespace, settings.strict_durability)
     allow = tuple(parse_allow_cidrs(settings.webhook_allow_cidrs or ""))
     schedule = (
         parse_retry_schedule(settings.webhook_retry_schedule)

@@ -141,23 +141,19 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def store_from_url(
-    url: str | None, state_dir: Path, namespace: str, strict_durability: bool | None = None
+    url: str | None, state_dir: Path, namespace: str, strict_durability: bool = False
 ) -> JobStore:
     """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; None: runs.db in state_dir;
     `redis://[:password@]host:port/db` or `rediss://...` (TLS) for replicas sharing one Redis.
 
     The store serves `namespace`, `"{project_id}/{app_name}"`, and only it (see JobStore).
-    `strict_durability` (a Redis store refuses to open on a server that could lose acknowledged
-    runs): None reads CORTEX_STRICT_DURABILITY.
+    `strict_durability`: a Redis store refuses to open on a server that could lose acknowledged
+    runs (CORTEX_STRICT_DURABILITY, passed in by the app).
     """
     if url is not None and url.startswith(REDIS_SCHEMES):
         from cortex.jobs.redis_store import RedisJobStore  # lazily: SQLite users never import redis
 
-        if strict_durability is None:
-            from cortex.config import load_settings
-
-            strict_durability = load_settings().strict_durability
-        return RedisJobStore(url, namespace, strict_durability)
+        return RedisJobStore(url, namespace, bool(strict_durability))
 
     from cortex.jobs.sqlite_store import SQLiteJobStore
 
