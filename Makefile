@@ -103,5 +103,16 @@ bench-peers: $(STAMP)
 # Every bench, one after the other (about an hour).
 bench-all: bench bench-proxy bench-llm bench-replicas bench-peers
 
+# The reliability campaign (tests/reliability, docs/reliability.md): kill -9, webhook outage,
+# backpressure, 1,000 SSE clients, SIGTERM under load, fuzzing. Full: ~15 min; fast (10x smaller,
+# also in `make test`): ~2 min. Pick scenarios with SOAK_ARGS="kill_sqlite sigterm".
+SOAK_ARGS ?=
+
+soak: $(STAMP) system-packages
+	$(BIN)/python -m tests.reliability --scale full $(SOAK_ARGS)
+
+soak-fast: $(STAMP) system-packages
+	$(BIN)/python -m tests.reliability --scale fast $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) $(ML_VENV) .venv-peers .mypy_cache .ruff_cache .pytest_cache
