@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -60,7 +61,7 @@ class CortexApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await self.starlette(scope, receive, send)
+            await self.starlette(scope, receive, _startup_failures_told_plainly(send))
             return
         authenticator = self.state.authenticator
         if authenticator is not None and not authenticator.is_open(scope["path"]):
@@ -75,6 +76,20 @@ class CortexApp:
             await self.calls(scope, receive, send)
         else:
             await self.starlette(scope, receive, _with_request_id(send))
+
+
+def _startup_failures_told_plainly(send: Send) -> Send:
+    """A CortexError at startup (the job store cannot open, say) is the user's to fix: uvicorn
+    logs its message, not the traceback Starlette puts in `lifespan.startup.failed`."""
+
+    async def send_plainly(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            failure = sys.exc_info()[1]  # Starlette sends this from its `except` block
+            if isinstance(failure, CortexError):
+                message = {**message, "message": failure.message}
+        await send(message)
+
+    return send_plainly
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -103,7 +103,7 @@ def serve(options: ServeOptions) -> int:
     finally:
         _stop_spinners()
         restore_streams()
-    return 1 if failure else 0
+    return 1 if failure or not server.started else 0  # not started: the lifespan said why
 
 
 def _serve_with_reload(options: ServeOptions) -> None:
