@@ -33,6 +33,11 @@ SHORT = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    """A plottable number: NaN is written to JSON as null."""
+    return isinstance(value, int | float) and not math.isnan(value)
+
+
 def _cortex_key(row: dict[str, Any]) -> str:
     return {"proxied": "cortex", "cortex_llm": "cortex"}.get(row["variant"], row["variant"])
 
@@ -45,7 +50,7 @@ def plot_ratios(summary: dict[str, Any], path: Path) -> None:
         for x, scenario in enumerate(scenarios):
             row = next((r for r in scenario["rows"] if _cortex_key(r) == key), None)
             offset = x + (index - 1) * width
-            if row is None or "na" in row or math.isnan(row.get("ratio_median", math.nan)):
+            if row is None or "na" in row or not _is_number(row.get("ratio_median")):
                 ax.text(offset, 1.15, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="#555")
                 continue
             value = row["ratio_median"]
@@ -101,15 +106,15 @@ def plot_startup(summary: dict[str, Any], path: Path) -> None:
     names = [row["label"].replace(" (ceiling)", "") for row in rows]
     colors = [COLORS.get(row["variant"], "#333") for row in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    cold = [row["cold_start_s_median"] for row in rows]
+    cold = [row["cold_start_s_median"] or 0.0 for row in rows]
     axes[0].bar(names, cold, color=colors)
     axes[0].set_ylabel("seconds")
     axes[0].set_title("cold start: spawn to first 200 (bytecode compiled)", fontsize=9)
     for x, value in enumerate(cold):
         axes[0].text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
     xs = range(len(rows))
-    rss = [row["rss_mb_median"] for row in rows]
-    pss = [row["pss_mb_median"] for row in rows]
+    rss = [row["rss_mb_median"] or 0.0 for row in rows]
+    pss = [row["pss_mb_median"] or 0.0 for row in rows]
     axes[1].bar([x - 0.2 for x in xs], rss, 0.4, color=colors, alpha=0.5, label="RSS, summed")
     axes[1].bar([x + 0.2 for x in xs], pss, 0.4, color=colors, label="PSS, summed")
     for x, value in enumerate(pss):

@@ -41,9 +41,10 @@ SCENARIOS = (
 )
 
 
-def _median(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.median(values) if values else math.nan
+def _median(values: list[float | None]) -> float:
+    """Median of the numbers (NaN, or None once read back from JSON, left out)."""
+    numbers = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(numbers) if numbers else math.nan
 
 
 def _ok(cell: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
@@ -274,7 +275,7 @@ def sweep_table(summary: dict[str, Any]) -> str:
         cells = []
         for level in levels:
             cell = row["levels"].get(level)
-            if cell is None or math.isnan(cell["rps"]):
+            if cell is None or cell["rps"] is None or math.isnan(cell["rps"]):
                 cells.append("failed" if cell else "—")
                 continue
             errors = f" (**{cell['errors']:,} errors**)" if cell["errors"] else ""
