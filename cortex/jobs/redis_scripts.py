@@ -7,7 +7,9 @@ live on one slot and a script may touch any of them (a single server has no such
 Key layout under the prefix (see redis_store.py for who reads what):
   run:<id>          hash: the request, status, attempt, lease, outcome; `member` = "<position>:<id>"
   status:<status>   zset per status, score created_at, member "<position>:<id>" (so equal scores
-                    order by submission); status:pending is the queue
+                    order by submission); status:pending orders the queue
+  queue             stream, consumer group `workers`, entries {run = <id>}: one per submit or
+                    re-queue; each store instance reads it as a consumer (see CLAIM)
   runs              zset of every run, same scores and members: list_runs without a status
   leases            zset of processing runs, score lease_until (caller's clock), member <id>
   expiries          zset of terminal runs, score expires_at, member "<position>:<id>"
@@ -24,11 +26,14 @@ Redis expiry of a terminal run's keys (PEXPIRE, its TTL) runs on the server's ow
 
 from __future__ import annotations
 
+GROUP = "workers"  # the consumer group reading each namespace's queue
+
 # Shared helpers, prepended to each script.
 _LIB = r"""
 local P = ARGV[1]
 local TERMINAL = {completed = true, failed = true, cancelled = true}
 local STATUSES = {'pending', 'processing', 'completed', 'failed', 'cancelled'}
+local QUEUE, GROUP = P .. 'queue', 'workers'
 
 local function run_key(id) return P .. 'run:' .. id end
 
@@ -110,6 +115,50 @@ local function outcome_at(first)
     ttl_ms = ARGV[first + 3], delivery_id = ARGV[first + 4], payload = ARGV[first + 5],
     run_time_ms = ARGV[first + 6], result_json = a(7), error_type = a(8), error_message = ARGV[first + 9]}
 end
+
+-- A run's fields plus its delivery's status and attempts; false when it is gone.
+local function fields_of(id)
+  local fields = redis.call('HGETALL', run_key(id))
+  if #fields == 0 then return false end
+  local delivery = redis.call('HGET', run_key(id), 'delivery')
+  if delivery then
+    local status, attempts = unpack(redis.call('HMGET', P .. 'delivery:' .. delivery, 'status', 'attempts'))
+    if status then
+      fields[#fields + 1] = 'webhook_status'
+      fields[#fields + 1] = status
+      fields[#fields + 1] = 'webhook_attempts'
+      fields[#fields + 1] = attempts
+    end
+  end
+  return fields
+end
+
+-- The group is made at open(); made again (from the stream's start) if it was lost meanwhile.
+local function ensure_group()
+  local made = redis.pcall('XGROUP', 'CREATE', QUEUE, GROUP, '0', 'MKSTREAM')
+  if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
+    error(made)
+  end
+end
+
+-- One entry of the queue for `consumer`: `from` '0' re-reads its own pending entries (handed to it
+-- by XAUTOCLAIM), '>' reads a new one. The entry id, or nil.
+local function read_entry(consumer, from)
+  local args = {'XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 1, 'STREAMS', QUEUE, from}
+  local reply = redis.pcall(unpack(args))
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'NOGROUP', 1, true) then error(reply) end
+    ensure_group()
+    reply = redis.call(unpack(args))
+  end
+  if not reply or #reply[1][2] == 0 then return nil end
+  return reply[1][2][1][1]
+end
+
+-- Put a run (back) in line: the pending index orders it, a new stream entry lets one claim take it.
+local function enqueue(id)
+  redis.call('XADD', QUEUE, '*', 'run', id)
+end
 """
 
 # ARGV: prefix, id, created_at, idempotency key ('' none), body hash, max_pending, fields...
@@ -137,25 +186,44 @@ end
 local pending = redis.call('ZCARD', P .. 'status:pending')
 if pending >= max_pending then return {3, tostring(pending)} end
 insert(id, created_at, 'pending', 7)
+enqueue(id)
 if key ~= '' then redis.call('SET', P .. 'idem:' .. key, id, 'NX') end
 return {1, id}
 """
 )
 
-# ARGV: prefix, now, lease_until, owner. The oldest pending run, now processing; its id or nil.
+# ARGV: prefix, now, lease_until, consumer, most entries to read. The oldest pending run, now
+# processing, as {id, fields}; false when the queue is empty.
+#
+# Each entry read (this consumer's own pending ones first, then new ones) is acknowledged and
+# deleted in this same script, so no entry stays in a live consumer's PEL. An entry is a turn at
+# the queue, not a promise of its own run: it claims the oldest pending run (by created_at, ties in
+# submission order), which is its own run unless runs were submitted out of created order or
+# re-queued. An entry of a run cancelled meanwhile finds the queue shorter: when nothing is pending
+# it is dropped and the next is read. Entries never fall short of pending runs: every submit and
+# re-queue adds one, and only a claim removes one.
 CLAIM = (
     _LIB
     + r"""
-local top = redis.call('ZRANGE', P .. 'status:pending', 0, 0)[1]
-if not top then return false end
-local id = id_of(top)
-move(id, 'pending', 'processing')
-local r = run_key(id)
-redis.call('HINCRBY', r, 'attempt', 1)
-redis.call('HSET', r, 'started_at', ARGV[2], 'lease_until', ARGV[3], 'owner', ARGV[4])
-redis.call('ZADD', P .. 'leases', ARGV[3], id)
-redis.call('DEL', P .. 'events:' .. id)  -- a new attempt restarts the stream
-return id
+local consumer = ARGV[4]
+for _ = 1, tonumber(ARGV[5]) do
+  local entry = read_entry(consumer, '0') or read_entry(consumer, '>')
+  if not entry then return false end
+  redis.call('XACK', QUEUE, GROUP, entry)
+  redis.call('XDEL', QUEUE, entry)
+  local top = redis.call('ZRANGE', P .. 'status:pending', 0, 0)[1]
+  if top then
+    local id = id_of(top)
+    move(id, 'pending', 'processing')
+    local r = run_key(id)
+    redis.call('HINCRBY', r, 'attempt', 1)
+    redis.call('HSET', r, 'started_at', ARGV[2], 'lease_until', ARGV[3], 'owner', consumer, 'entry', entry)
+    redis.call('ZADD', P .. 'leases', ARGV[3], id)
+    redis.call('DEL', P .. 'events:' .. id)  -- a new attempt restarts the stream
+    return {id, fields_of(id)}
+  end
+end
+return false
 """
 )
 
@@ -192,7 +260,8 @@ return 1
 )
 
 # ARGV: prefix, id, expected status, expected attempt, lease must be before ('' any), then the
-# outcome (see outcome_at). Ends the run if it is still as the caller saw it: 1, else 0.
+# outcome (see outcome_at). Ends the run if it is still as the caller saw it: its fields after,
+# else 0.
 TERMINATE = (
     _LIB
     + r"""
@@ -201,7 +270,7 @@ local status, attempt, lease = unpack(redis.call('HMGET', run_key(id), 'status',
 if not status or status ~= ARGV[3] or attempt ~= ARGV[4] then return 0 end
 if ARGV[5] ~= '' and not (lease and tonumber(lease) < tonumber(ARGV[5])) then return 0 end
 terminate(id, status, outcome_at(6))
-return 1
+return fields_of(id)
 """
 )
 
@@ -218,20 +287,56 @@ return 1
 """
 )
 
-# ARGV: prefix, id, attempt, now. Re-queue a processing attempt whose lease ran out: 1, else 0.
-REQUEUE = (
+# ARGV: prefix, now ('' only the queue's safety net), max_attempts, consumer, orphan idle ms,
+# limit. Returns {requeued, ids}:
+# processing runs whose lease ran out (caller's clock) before their last attempt are re-queued,
+# the ids of those out of attempts are for the caller to fail (it builds their webhook payload).
+#
+# The stream's own safety net runs here too, on the server's clock: entries idle longer than
+# the orphan time in another consumer's PEL (a reader that died between XREADGROUP and XACK; this
+# store's claims never leave one) are taken over by XAUTOCLAIM, for this consumer's next claim;
+# consumers with nothing pending and idle that long are removed; and should entries ever be
+# fewer than pending runs (a write lost with the server), entries are added.
+RECOVER = (
     _LIB
     + r"""
-local id = ARGV[2]
-local r = run_key(id)
-local status, attempt, lease = unpack(redis.call('HMGET', r, 'status', 'attempt', 'lease_until'))
-if status ~= 'processing' or attempt ~= ARGV[3] or not (tonumber(lease) < tonumber(ARGV[4])) then
-  return 0
+local now, max_attempts, consumer = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local orphan_ms, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local taken = redis.pcall('XAUTOCLAIM', QUEUE, GROUP, consumer, orphan_ms, '0-0', 'COUNT', limit)
+if type(taken) == 'table' and taken.err then
+  if not string.find(taken.err, 'NOGROUP', 1, true) then error(taken) end
+  ensure_group()  -- lost with its stream (a write lost with the server): a new group has no PEL
 end
-move(id, 'processing', 'pending')
-redis.call('HDEL', r, 'started_at', 'lease_until', 'owner')
-redis.call('ZREM', P .. 'leases', id)
-return 1
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', QUEUE, GROUP)) do
+  local c = {}
+  for i = 1, #info, 2 do c[info[i]] = info[i + 1] end
+  if c.name ~= consumer and c.pending == 0 and c.idle > orphan_ms then
+    redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, c.name)
+  end
+end
+local missing = redis.call('ZCARD', P .. 'status:pending') - redis.call('XLEN', QUEUE)
+for _ = 1, missing do redis.call('XADD', QUEUE, '*', 'run', '') end
+
+local requeued, out_of_attempts = 0, {}
+if ARGV[2] == '' then return {requeued, out_of_attempts} end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. ARGV[2], 'LIMIT', 0, limit)) do
+  local r = run_key(id)
+  local status, attempt, lease = unpack(redis.call('HMGET', r, 'status', 'attempt', 'lease_until'))
+  if status ~= 'processing' or not lease then
+    redis.call('ZREM', P .. 'leases', id)  -- gone or ended: a stale index entry
+  elseif tonumber(lease) < now then
+    if tonumber(attempt) >= max_attempts then
+      out_of_attempts[#out_of_attempts + 1] = id
+    else
+      move(id, 'processing', 'pending')
+      redis.call('HDEL', r, 'started_at', 'lease_until', 'owner', 'entry')
+      redis.call('ZREM', P .. 'leases', id)
+      enqueue(id)
+      requeued = requeued + 1
+    end
+  end
+end
+return {requeued, out_of_attempts}
 """
 )
 
@@ -281,19 +386,7 @@ return 1
 GET = (
     _LIB
     + r"""
-local fields = redis.call('HGETALL', run_key(ARGV[2]))
-if #fields == 0 then return false end
-local delivery = redis.call('HGET', run_key(ARGV[2]), 'delivery')
-if delivery then
-  local status, attempts = unpack(redis.call('HMGET', P .. 'delivery:' .. delivery, 'status', 'attempts'))
-  if status then
-    fields[#fields + 1] = 'webhook_status'
-    fields[#fields + 1] = status
-    fields[#fields + 1] = 'webhook_attempts'
-    fields[#fields + 1] = attempts
-  end
-end
-return fields
+return fields_of(ARGV[2])
 """
 )
 

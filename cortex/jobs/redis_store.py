@@ -3,12 +3,30 @@
 `CORTEX_STORE=redis://[:password@]host:port/db` (or rediss://). The key layout and the Lua
 scripts that keep every check-and-set atomic are in redis_scripts.py; encoding in redis_codec.py.
 
-The queue is a sorted set (score created_at, ties in submission order) rather than a Redis
-Stream: the contract wants the oldest pending run first, a re-queued run back in its place, and
-leases on the caller's clock (tests set it), none of which a consumer group's delivery order and
-XAUTOCLAIM's server-clock idle times give. Each store instance is a consumer all the same: a
-claim records its `owner`, and a run whose owner stops heart-beating is re-queued by `recover` on
-any replica once its lease runs out, its attempt number fencing the old owner's late writes.
+Key layout, all under `cortex:{namespace}:` (one hash slot per app; details in redis_scripts.py):
+run:<id> (hash), status:<status> / runs / expiries (zsets by created_at, for listing, counting,
+ordering the queue and the sweep), leases (zset by lease_until), queue (stream, group `workers`),
+events:<id>, idem:<key>, delivery:<id> + deliveries (the webhook outbox), position, and the
+`cancelled` pub/sub channel.
+
+The queue is a Redis Stream read through one consumer group per namespace; each store instance
+is a consumer of its own (hostname:pid:random). Submit adds the run and a stream entry in one
+script. A claim is one script: XREADGROUP one entry for this consumer (its own pending entries
+first, then a new one), XACK + XDEL it, and turn the oldest pending run into processing (attempt
++1, lease until now + lease_seconds on the caller's clock, owner, entry), returning its fields.
+The entry picks who claims, the pending index (created_at, then submission order) picks which run:
+the contract wants the oldest run first even when runs arrive out of created order, and a
+re-queued run back in its old place, which FIFO delivery alone would not give. Submits and
+re-queues each add an entry and only claims remove them, so there is never a pending run without
+an entry; an entry left over by a cancel is dropped by the claim that finds nothing pending.
+
+Reading and acknowledging in one script leaves no window in which a dying replica holds an entry.
+An entry stuck in a dead reader's PEL all the same (a reader outside this store, or one that died
+mid-way) is taken over by `recover` with XAUTOCLAIM once idle `orphan_idle_seconds` on the
+server's clock (a safety net only), and this consumer's next claim re-reads it. Leases are the
+"lease + heartbeat" equivalent of XAUTOCLAIM: a run whose owner stops heart-beating is re-queued
+(a new entry) by `recover` on any replica once its lease runs out on the caller's clock, and its
+attempt number fences the old owner's late writes.
 """
 
 from __future__ import annotations
@@ -48,6 +66,9 @@ CONNECT_TIMEOUT = 5.0  # seconds to reach the server before a call fails with St
 COMMAND_TIMEOUT = 10.0
 SWEEP_BATCH = 1000  # expired runs deleted per script call (a script blocks the server meanwhile)
 CANCEL_RETRIES = 10  # a cancel races a claim or a finish at most this many times
+CLAIM_READS = 100  # queue entries one claim script reads at most (left-overs of cancelled runs)
+RECOVER_BATCH = 1000  # expired leases and orphaned entries handled per recover call
+ORPHAN_IDLE_SECONDS = 60.0  # a few leases: a stream entry unacknowledged this long is taken over
 RESUBSCRIBE_SECONDS = 1.0
 
 
@@ -55,15 +76,24 @@ class RedisJobStore:
     """JobStore on one Redis database, shared by every replica of the namespace's app.
 
     Use it on the event loop that opened it (its connections belong to that loop).
+    `orphan_idle_seconds`: how long (server clock) a queue entry may sit unacknowledged in
+    another consumer's PEL before `recover` takes it over.
     """
 
-    def __init__(self, url: str, namespace: str, strict_durability: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        strict_durability: bool = False,
+        orphan_idle_seconds: float = ORPHAN_IDLE_SECONDS,
+    ) -> None:
         assert namespace, "a store serves one app: pass its namespace"
         self.url = url
         self.namespace = namespace
         self.strict_durability = strict_durability
         self.prefix = codec.key_prefix(namespace)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.orphan_idle_seconds = orphan_idle_seconds
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
 
@@ -80,6 +110,7 @@ class RedisJobStore:
         try:
             await client.ping()
             await self._check_durability(client)
+            await _create_group(client, self.prefix + "queue")
         except RedisError as exc:
             await client.aclose()
             raise StoreError(
@@ -99,13 +130,14 @@ class RedisJobStore:
                 "APPEND_EVENTS",
                 "TERMINATE",
                 "RECORD_FINISHED",
-                "REQUEUE",
+                "RECOVER",
                 "CLAIM_DELIVERIES",
                 "RECORD_DELIVERY",
                 "GET",
                 "SWEEP",
             )
         }
+        await self._recover_script("", 1)  # the queue's safety net only: leases are the worker's
 
     async def _check_durability(self, client: aioredis.Redis) -> None:
         try:
@@ -229,10 +261,12 @@ class RedisJobStore:
     # --- the queue and attempts -----------------------------------------------------------
 
     async def claim(self, now: float, lease_seconds: float) -> Run | None:
-        run_id = await self._script(
-            "CLAIM", codec.number(now), codec.number(now + lease_seconds), self.consumer
-        )
-        return None if run_id is None else await self.get(run_id.decode())
+        lease_until = codec.number(now + lease_seconds)
+        claimed = await self._script("CLAIM", codec.number(now), lease_until, self.consumer, str(CLAIM_READS))
+        if not claimed:
+            return None
+        run_id, flat = claimed
+        return codec.run_from_fields(run_id.decode(), codec.pairs_to_fields(flat))
 
     async def heartbeat(self, run_id: str, attempt: int, lease_until: float) -> bool:
         return bool(await self._script("HEARTBEAT", run_id, str(attempt), codec.number(lease_until)))
@@ -241,9 +275,7 @@ class RedisJobStore:
         run = await self.get(run_id)
         if run is None or run.status is not RunStatus.PROCESSING or run.attempt != attempt:
             return None  # cancelled, re-queued or recovered meanwhile: this result is discarded
-        if not await self._terminate(run, outcome, now):
-            return None
-        return await self.get(run_id)
+        return await self._terminate(run, outcome, now)
 
     async def record_finished(self, request: RunRequest, outcome: Outcome, now: float) -> Run:
         # It ran once, just now: its start is inferred from its own run time.
@@ -267,43 +299,47 @@ class RedisJobStore:
                 return run, run.status
             started = run.started_at if run.status is RunStatus.PROCESSING else None
             elapsed_ms = 0.0 if started is None else max(0.0, (now - started) * 1000)
-            if await self._terminate(
+            ended = await self._terminate(
                 run, Outcome(RunStatus.CANCELLED, elapsed_ms, error=CANCELLED_ERROR), now
-            ):
-                return await self.get(run_id), run.status
+            )
+            if ended is not None:
+                return ended, run.status
         raise StoreError(f"{self.where}: run {run_id} kept changing while being cancelled; try again.")
 
     async def recover(self, now: float, max_attempts: int) -> tuple[int, int]:
-        expired = await self._call(lambda r: r.zrangebyscore(self.prefix + "leases", "-inf", f"({now!r}"))
-        requeued = failed = 0
-        for run in await self._get_many([run_id.decode() for run_id in expired]):
+        requeued, out_of_attempts = await self._recover_script(codec.number(now), max_attempts)
+        failed = 0
+        for run in await self._get_many([run_id.decode() for run_id in out_of_attempts]):
             if run is None:
                 continue  # expired in Redis; the sweep clears its index entries
-            if run.attempt >= max_attempts:
-                error = RunError(
-                    "Interrupted",
-                    f"The server stopped {run.attempt} times while running this run "
-                    f"(CORTEX_MAX_ATTEMPTS={max_attempts}).",
-                )
-                # The attempt's own run time died with the process that measured it.
-                failed += await self._terminate(run, Outcome(RunStatus.FAILED, 0.0, error=error), now, now)
-            else:
-                requeued += bool(
-                    await self._script("REQUEUE", run.run_id, str(run.attempt), codec.number(now))
-                )
+            error = RunError(
+                "Interrupted",
+                f"The server stopped {run.attempt} times while running this run "
+                f"(CORTEX_MAX_ATTEMPTS={max_attempts}).",
+            )
+            # The attempt's own run time died with the process that measured it.
+            outcome = Outcome(RunStatus.FAILED, 0.0, error=error)
+            failed += await self._terminate(run, outcome, now, now) is not None
         return requeued, failed
+
+    async def _recover_script(self, now: str, max_attempts: int) -> tuple[int, list[bytes]]:
+        orphan_ms = str(int(self.orphan_idle_seconds * 1000))
+        args = [now, str(max_attempts), self.consumer, orphan_ms, str(RECOVER_BATCH)]
+        requeued, out_of_attempts = await self._script("RECOVER", *args)
+        return int(requeued), out_of_attempts
 
     async def _terminate(
         self, run: Run, outcome: Outcome, now: float, lease_before: float | None = None
-    ) -> bool:
-        """End `run` if it is still in the status and attempt it was read with."""
+    ) -> Run | None:
+        """End `run` if it is still in the status and attempt it was read with: the run after."""
         fence = [
             run.status.value,
             str(run.attempt),
             "" if lease_before is None else codec.number(lease_before),
         ]
         args = self._outcome_args(run.request, outcome, now)
-        return bool(await self._script("TERMINATE", run.run_id, *fence, *args))
+        flat = await self._script("TERMINATE", run.run_id, *fence, *args)
+        return codec.run_from_fields(run.run_id, codec.pairs_to_fields(flat)) if flat else None
 
     @staticmethod
     def _outcome_args(request: RunRequest, outcome: Outcome, now: float) -> list[bytes | str]:
@@ -443,6 +479,15 @@ async def _shielded(call: Awaitable[T]) -> T:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # nobody awaits it after a cancel: no "exception never retrieved"
+
+
+async def _create_group(client: aioredis.Redis, queue: str) -> None:
+    """The namespace's consumer group, from the stream's start (entries made before it count)."""
+    try:
+        await client.xgroup_create(queue, scripts.GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):  # made already by another replica
+            raise
 
 
 def _index_page(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from cortex.concurrency import AdmissionGate, ThreadRunner
 from cortex.discovery import build_spec
@@ -36,10 +37,19 @@ def done() -> Outcome:
     return Outcome(RunStatus.COMPLETED, 1.0, result_json=b"1")
 
 
-async def opened(url: str, namespace: str = NAMESPACE, strict: bool = False) -> RedisJobStore:
-    store = RedisJobStore(url, namespace, strict_durability=strict)
+async def opened(
+    url: str, namespace: str = NAMESPACE, strict: bool = False, orphan_idle_seconds: float = 60.0
+) -> RedisJobStore:
+    store = RedisJobStore(url, namespace, strict_durability=strict, orphan_idle_seconds=orphan_idle_seconds)
     await store.open()
     return store
+
+
+QUEUE = "cortex:{p-one/app}:queue"
+
+
+def _named(entries: list[dict[str, object]]) -> list[str]:
+    return sorted(str(entry["name"]) for entry in entries)
 
 
 # --- choosing the store ------------------------------------------------------------------
@@ -169,6 +179,73 @@ def test_a_lease_that_runs_out_is_reclaimed_by_another_replica_and_the_late_resu
         await second.close()
 
     asyncio.run(scenario())
+
+
+def test_the_queue_is_a_stream_read_by_each_replica_as_a_consumer_of_one_group(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def scenario() -> None:
+        first, second = await opened(redis_url), await opened(redis_url)
+        for run_id in ("r1", "r2", "r3"):
+            await first.submit(request_for(run_id), 10)
+        assert raw.xlen(QUEUE) == 3
+        [group] = raw.xinfo_groups(QUEUE)
+        assert (group["name"], group["pending"]) == ("workers", 0)
+        one, two = await first.claim(time.time(), LEASE), await second.claim(time.time(), LEASE)
+        assert one is not None and two is not None and (one.run_id, two.run_id) == ("r1", "r2")
+        consumers = raw.xinfo_consumers(QUEUE, "workers")
+        assert _named(consumers) == sorted([first.consumer, second.consumer])
+        # Read and acknowledged in one step: nothing is left in either consumer's PEL.
+        assert [consumer["pending"] for consumer in consumers] == [0, 0]
+        assert raw.xlen(QUEUE) == 1
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+    raw.close()
+
+
+def test_a_claim_cut_off_after_xreadgroup_is_taken_over_by_another_replica(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def scenario() -> None:
+        live = await opened(redis_url, orphan_idle_seconds=0.2)
+        await live.submit(request_for("r1"), 10)
+        # A replica reads the entry, then dies before its claim script runs.
+        [[_, [(_, fields)]]] = raw.xreadgroup("workers", "dead", {QUEUE: ">"}, count=1)
+        assert fields == {"run": "r1"}
+        assert await live.claim(time.time(), LEASE) is None  # its only entry is in the dead PEL
+        assert await live.recover(time.time(), 3) == (0, 0)  # not idle long enough yet
+        assert await live.claim(time.time(), LEASE) is None
+        await asyncio.sleep(0.3)
+        assert await live.recover(time.time(), 3) == (0, 0)  # XAUTOCLAIM: now in live's PEL
+        claimed = await live.claim(time.time(), LEASE)
+        assert claimed is not None and (claimed.run_id, claimed.attempt) == ("r1", 1)
+        assert raw.xpending(QUEUE, "workers")["pending"] == 0 and raw.xlen(QUEUE) == 0
+        await asyncio.sleep(0.3)
+        await live.recover(time.time(), 3)  # the dead consumer, idle with nothing pending, goes
+        assert _named(raw.xinfo_consumers(QUEUE, "workers")) == [live.consumer]
+        await live.close()
+
+    asyncio.run(scenario())
+    raw.close()
+
+
+def test_a_pending_run_whose_queue_entry_was_lost_is_queued_again_by_recover(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def scenario() -> None:
+        store = await opened(redis_url)
+        await store.submit(request_for("r1"), 10)
+        raw.delete(QUEUE)  # as if the write of the entry was lost, group and all
+        assert await store.claim(time.time(), LEASE) is None
+        assert await store.recover(time.time(), 3) == (0, 0)
+        claimed = await store.claim(time.time(), LEASE)
+        assert claimed is not None and claimed.run_id == "r1"
+        await store.close()
+
+    asyncio.run(scenario())
+    raw.close()
 
 
 def test_a_cancel_on_one_replica_reaches_another_replicas_subscriber(redis_url: str) -> None:
