@@ -104,7 +104,7 @@ bench-peers: $(STAMP)
 bench-all: bench bench-proxy bench-llm bench-replicas bench-peers
 
 # The reliability campaign (tests/reliability, docs/reliability.md): kill -9, webhook outage,
-# backpressure, 1,000 SSE clients, SIGTERM under load, fuzzing. Full: ~15 min; fast (10x smaller,
+# backpressure, 1,000 SSE clients, SIGTERM under load, fuzzing. Full: ~5 min; fast (10x smaller,
 # also in `make test`): ~2 min. Pick scenarios with SOAK_ARGS="kill_sqlite sigterm".
 SOAK_ARGS ?=
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
-from tests.reliability.harness import DEFAULT_SEED, SCALES, Result, execute
+from tests.reliability.harness import DEFAULT_SEED, RESULTS, SCALES, Result, execute
 
 SCENARIOS = [
     "soak_kill_sqlite",
@@ -44,12 +45,36 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def markdown(names: list[str], scale: str) -> str:
+    """The docs/reliability.md table, from the JSON results of the last runs at `scale`."""
+    rows = [
+        "| scenario | scale | result | figures | time | date | commit |",
+        "|---|---|---|---|---:|---|---|",
+    ]
+    for name in names:
+        path = RESULTS / f"{name}-{scale}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        result = Result(**{key: value for key, value in data.items() if key != "status"})
+        figures = (result.skipped or result.summary()).replace("|", "/")
+        rows.append(
+            f"| `{name}` | {scale} | **{result.status}** | {figures} | {result.seconds:.0f} s "
+            f"| {result.date} | `{result.commit}` |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.reliability", description=__doc__)
     parser.add_argument("--scale", choices=SCALES, default="fast", help="fast: 10x smaller (default)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("names", nargs="*", help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}")
+    parser.add_argument("--markdown", action="store_true", help="print the last results as a table")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(_chosen(args.names), args.scale))
+        return 0
     results = []
     for name in _chosen(args.names):
         module = importlib.import_module(f"tests.reliability.{name}")

@@ -68,17 +68,19 @@ async def _load(server: Server, counts: tuple[int, int, int], trace: Path) -> di
     async with httpx.AsyncClient(timeout=GRACE + 30, limits=limits) as client:
         call_tasks = [asyncio.ensure_future(_call(client, base)) for _ in range(calls)]
         stream_tasks = [asyncio.ensure_future(_stream(client, base)) for _ in range(streams)]
+
+        def in_flight() -> float:
+            return metrics_gauges(server.url)["cortex_calls_in_flight"]
+
+        # The calls and streams hold their slots first; the runs get what is left, the rest wait.
+        await asyncio.to_thread(wait_until, lambda: in_flight() >= calls + streams, 30, "calls and streams")
         body = {"ms": RUN_MS, "trace": str(trace)}
-        submitted = await asyncio.gather(
-            *(client.post(f"{base}/work", params={"async": "true"}, json=body) for _ in range(runs))
-        )
+        async with httpx.AsyncClient(timeout=30) as submitter:
+            submitted = await asyncio.gather(
+                *(submitter.post(f"{base}/work", params={"async": "true"}, json=body) for _ in range(runs))
+            )
         run_ids = [r.json()["run_id"] for r in submitted if r.status_code == 202]
-
-        def busy() -> bool:
-            in_flight = metrics_gauges(server.url)["cortex_calls_in_flight"]
-            return in_flight >= calls + streams and any(trace.iterdir())
-
-        await asyncio.to_thread(wait_until, busy, 30, "the calls, streams and some runs to be running")
+        await asyncio.to_thread(wait_until, lambda: any(trace.iterdir()), 30, "a run to start")
         await asyncio.sleep(0.5)
         gauges = await asyncio.to_thread(metrics_gauges, server.url)
         started_at_term = set(starts_per_run(trace))
@@ -137,6 +139,7 @@ def run(scale: str, seed: int) -> harness.Result:
         running_runs_at_term=len(seen["started_at_term"]),
         drained_runs=len(drained),
         released_runs=len(released),
+        ran_during_drain=len(polled) - len(released) - len(drained),
         call_errors=len(seen["call_problems"]),
         stream_errors=len(seen["stream_problems"]),
         exited_after_s=round(seen["exited_after"], 1),
