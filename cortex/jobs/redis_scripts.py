@@ -13,7 +13,7 @@ Key layout under the prefix (see redis_store.py for who reads what):
   runs              zset of every run, same scores and members: list_runs without a status
   leases            zset of processing runs, score lease_until (caller's clock), member <id>
   expiries          zset of terminal runs, score expires_at, member "<position>:<id>"
-  events:<id>       zset of a generator run's chunks, score seq, member "<seq>:<chunk>"
+  events:<id>       stream of a generator run's chunks, entry id "<seq>-1", field c = the chunk
   idem:<key>        string: the run id an idempotency key was first used for
   delivery:<id>     hash: one webhook delivery (the outbox)
   deliveries        zset of pending deliveries, score next_attempt_at, member <delivery id>
@@ -247,14 +247,17 @@ APPEND_EVENTS = (
 local id = ARGV[2]
 local status, attempt = unpack(redis.call('HMGET', run_key(id), 'status', 'attempt'))
 if status ~= 'processing' or attempt ~= ARGV[3] then return 0 end
+local key = P .. 'events:' .. id
+-- Entry ids are <seq>-1, so XRANGE finds a seq directly; a chunk already there (a retried
+-- append) is skipped, as the stream's ids must grow.
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+local next_seq = 0
+if #last > 0 then next_seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
 local seq = tonumber(ARGV[4])
-local args = {}
 for i = 5, #ARGV do
-  args[#args + 1] = seq
-  args[#args + 1] = tostring(seq) .. ':' .. ARGV[i]
+  if seq >= next_seq then redis.call('XADD', key, tostring(seq) .. '-1', 'c', ARGV[i]) end
   seq = seq + 1
 end
-if #args > 0 then redis.call('ZADD', P .. 'events:' .. id, unpack(args)) end
 return 1
 """
 )

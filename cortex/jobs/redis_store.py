@@ -354,14 +354,10 @@ class RedisJobStore:
 
     async def events_after(self, run_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         key = f"{self.prefix}events:{run_id}"  # under this namespace's prefix: never another app's
-        members: list[bytes] = await self._call(
-            lambda r: r.zrangebyscore(key, f"({after_seq}", "+inf", start=0, num=limit)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._call(
+            lambda r: r.xrange(key, min=f"{max(after_seq + 1, 0)}-0", max="+", count=limit)
         )
-        events = []
-        for member in members:
-            seq, chunk = member.split(b":", 1)
-            events.append((int(seq), chunk))
-        return events
+        return [(int(entry_id.split(b"-", 1)[0]), fields[b"c"]) for entry_id, fields in entries]
 
     # --- cancellations made on any replica ------------------------------------------------
 

@@ -205,6 +205,28 @@ def test_the_queue_is_a_stream_read_by_each_replica_as_a_consumer_of_one_group(r
     raw.close()
 
 
+def test_a_generator_runs_chunks_are_a_stream_replayed_from_any_replica(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        writer, reader = await opened(redis_url), await opened(redis_url)
+        await writer.submit(request_for("g1"), 10)
+        run = await writer.claim(time.time(), LEASE)
+        assert run is not None
+        assert await writer.append_events("g1", run.attempt, 0, [b"a", b"b:c"])
+        assert await writer.append_events("g1", run.attempt, 1, [b"b:c", b"d"])  # a retried append
+        assert raw.type("cortex:{p-one/app}:events:g1") == b"stream"
+        assert await reader.events_after("g1", -1, 10) == [(0, b"a"), (1, b"b:c"), (2, b"d")]
+        assert await reader.events_after("g1", 0, 1) == [(1, b"b:c")]
+        assert await reader.events_after("g1", 2, 10) == []
+        assert not await writer.append_events("g1", run.attempt + 1, 3, [b"stale"])
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(scenario())
+    raw.close()
+
+
 def test_a_claim_cut_off_after_xreadgroup_is_taken_over_by_another_replica(redis_url: str) -> None:
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
 
