@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from types import FrameType
 from typing import Any
 
 from pydantic_core import to_json
@@ -230,13 +233,40 @@ async def _job_engine(
         asyncio.ensure_future(_start_when_loaded(state, worker)),
     ]
     try:
-        yield
+        with _on_shutdown_signal(worker.stop_claiming):
+            yield
     finally:
         for task in loops:
             task.cancel()
         await worker.stop(drain_seconds=state.grace_seconds)
         await dispatcher.aclose()
         await store.close()
+
+
+@contextlib.contextmanager
+def _on_shutdown_signal(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` on the event loop as soon as SIGTERM or SIGINT arrives, then let uvicorn's
+    own handler (installed before the lifespan started) go on to drain the connections: without
+    this, runs would still be claimed during that drain, only to be cut short by the shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread (an embedded server: nothing to chain)
+        return
+    loop = asyncio.get_running_loop()
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(number: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous[signal.Signals(number)]
+        if callable(chained):
+            chained(number, frame)
+
+    for number in previous:
+        signal.signal(number, handle)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 async def _start_when_loaded(state: ServingState, worker: RunWorker) -> None:

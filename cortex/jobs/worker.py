@@ -91,6 +91,12 @@ class RunWorker:
             asyncio.ensure_future(self._follow_cancellations()),
         ]
 
+    def stop_claiming(self) -> None:
+        """Take no new run (shutdown has begun: the runs left are another replica's, or this
+        one's after a restart); running ones go on, and stop() drains them."""
+        if self._loops:
+            self._loops[0].cancel()  # the claim loop
+
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop claiming; let running attempts finish for up to `drain_seconds`, then cancel
         them (they stay claimed until their lease runs out, then run again). A run still waiting

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cortex.jobs.sqlite_store import SQLiteJobStore
 from tests.conftest import APPS, TEST_WEBHOOK_SECRET, CortexProcess, WebhookReceiver, wait_for
 
 RUNS = 200
@@ -99,3 +102,39 @@ def test_sigterm_lets_a_running_async_run_finish_first(tmp_path: Path):
         server.stop(signal.SIGTERM)
     assert run["status"] == "completed"
     assert run["result"] == 1
+
+
+def test_sigterm_stops_claiming_while_the_calls_in_flight_drain(tmp_path: Path):
+    app = tmp_path / "jobs"
+    shutil.copytree(APPS / "jobs", app)
+    toml = app / "cerebrium.toml"
+    toml.write_text(toml.read_text().replace("replica_concurrency = 2", "replica_concurrency = 1"))
+    store_path = tmp_path / "runs.db"
+    server = CortexProcess(
+        ["serve", str(app), "--port", "0", "--store", f"sqlite:///{store_path}"], _environment()
+    )
+    base = server.wait_ready() + "/v4/p-local/jobs"
+    call: list[httpx.Response] = []
+    holder = threading.Thread(
+        target=lambda: call.append(httpx.post(f"{base}/sleep", json={"seconds": 2}, timeout=30))
+    )
+    holder.start()  # holds the only slot: the runs below wait for it
+    time.sleep(0.3)
+    run_ids = [
+        httpx.post(f"{base}/asleep?async=true", json={"seconds": 0.2}).json()["run_id"] for _ in range(3)
+    ]
+    assert server.stop(signal.SIGTERM, timeout=20) == -signal.SIGTERM
+    holder.join()
+    assert call[0].status_code == 200  # the call in flight finished
+
+    async def statuses() -> list[str]:
+        store = SQLiteJobStore(store_path, "p-local/jobs")
+        await store.open()
+        try:
+            return [(await store.get(run_id)).status.value for run_id in run_ids]  # type: ignore[union-attr]
+        finally:
+            await store.close()
+
+    # The slot came free during the drain, but no run was taken then: they wait for a server
+    # that is not stopping (another replica, or this one restarted).
+    assert asyncio.run(statuses()) == ["pending"] * 3
