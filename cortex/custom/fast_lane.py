@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from cortex.auth import Denial
+from cortex.custom import splice
 from cortex.custom.proxy import FRAMING, Upstream, request_head, request_headers, response_headers
 from cortex.custom.routes import PROXIED_LABEL, gateway_error
 from cortex.custom.upstream_client import UpstreamError, UpstreamResponse, read_all
@@ -38,7 +39,11 @@ if TYPE_CHECKING:
 # Larger bodies stream through the ASGI path, which forwards them chunk by chunk under flow control.
 DIRECT_BODY_BYTES = 1024 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+# A body of known, small size: worth holding the head back until it has arrived (apps often write
+# head and body separately; one write to the client instead of two saves a system call).
 SMALL_BODY_BYTES = 64 * 1024
+# From this size a sized body is spliced (splice.py): setting that up costs a few system calls.
+SPLICE_BYTES = 1024 * 1024
 # Query parameters that make a call cortex's business (a run); found anywhere, ASGI decides.
 _CORTEX_QUERY = (b"async", b"webhookEndpoint")
 
@@ -172,7 +177,7 @@ class ProxiedExchange:
                 self.entered = True
             response = await upstream.pool.request(self._head, body)
             await self._relay(response)
-        except (UpstreamError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError, splice.SpliceError) as exc:
             if self.head_written:  # mid-response: all we can do is end the connection
                 self.keep_alive = False
             else:
@@ -193,10 +198,14 @@ class ProxiedExchange:
             )
             head = self._response_head(headers, chunked)
             transport = self.connection.transport
-            if response.complete or _is_small(headers):  # the usual answer: all of it in one write
+            length = _content_length(headers)
+            if response.complete or (length is not None and length <= SMALL_BODY_BYTES):
+                # the usual answer: all of it in one write
                 body = await read_all(response, release=False)
                 transport.write(head + _whole_body(body, chunked))
                 self.head_written = True
+            elif length is not None and length >= SPLICE_BYTES and splice.AVAILABLE:
+                await self._splice(response, head)
             else:
                 transport.write(head)
                 self.head_written = True
@@ -205,6 +214,38 @@ class ProxiedExchange:
             response.abort()  # the exchange did not end cleanly: this connection is not reused
             raise
         response.release()
+
+    async def _splice(self, response: UpstreamResponse, head: bytes) -> None:
+        """A large sized body: the kernel moves it from the app's socket to the client's."""
+        transport = self.connection.transport
+        detached = response.detach_body()
+        if detached is None:
+            transport.write(head)
+            self.head_written = True
+            await self._stream(response, chunked=False)
+            return
+        received, remaining, source = detached
+        transport.write(b"".join([head, *received]))
+        self.head_written = True
+        client = transport.get_extra_info("socket")
+        if client is None:
+            response.resume_body()
+            await self._stream(response, chunked=False)
+            return
+        if transport.get_write_buffer_size():
+            await self._written_out()  # bytes spliced now would overtake what is still queued
+        await splice.splice_body(source, client.fileno(), remaining, self.lane.upstream.read_timeout)
+        response.body_moved()
+
+    async def _written_out(self) -> None:
+        """Wait until the transport has handed everything it holds to the socket: with both
+        limits at 0 it pauses us while it holds anything and resumes us once it holds nothing."""
+        transport = self.connection.transport
+        transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            await self.connection.flow.drain()
+        finally:
+            transport.set_write_buffer_limits()  # uvloop's defaults, as uvicorn leaves them
 
     async def _stream(self, response: UpstreamResponse, chunked: bool) -> None:
         connection = self.connection
@@ -267,13 +308,11 @@ class ProxiedExchange:
         connection.direct_exchange_done(self)
 
 
-def _is_small(headers: list[tuple[bytes, bytes]]) -> bool:
-    """A body of known, small size: worth holding the head back until it has arrived (apps often
-    write head and body separately; one write to the client instead of two saves a system call)."""
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
-            return value.isdigit() and int(value) <= SMALL_BODY_BYTES
-    return False
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _whole_body(data: bytes, chunked: bool) -> bytes:

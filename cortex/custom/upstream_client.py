@@ -214,10 +214,40 @@ class UpstreamResponse(asyncio.Protocol):
             await self._wait()
         data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._drain())
         self._buffered = 0 if not self._chunks else self._buffered - len(data)
+        self._resume_reading()
+        return data
+
+    def detach_body(self) -> tuple[list[bytes], int, int] | None:
+        """Hand the rest of a sized body to the caller, to move it without reading it (splice):
+        (chunks already received, bytes still to come, the socket's descriptor). Reading stops
+        until body_moved() or resume_body(). None when the body is not sized or has all come."""
+        if not self.head_received or self.complete or not self._raw_left or self.transport is None:
+            return None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        self.transport.pause_reading()
+        self._reading_paused = True
+        self._buffered = 0
+        return self._drain(), self._raw_left, sock.fileno()
+
+    def resume_body(self) -> None:
+        """Not detached after all: the body goes on arriving through read()."""
+        self._resume_reading()
+
+    def body_moved(self) -> None:
+        """The caller moved the rest of the body: the response is complete (the parser, left in
+        the middle of it, is replaced before the connection carries another exchange)."""
+        self._raw_left = 0
+        self._parser_spent = True
+        self.complete = True
+        self.keep_alive = self._head_keep_alive
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
-        return data
 
     def _drain(self) -> list[bytes]:
         chunks = list(self._chunks)

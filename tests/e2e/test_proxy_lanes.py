@@ -5,6 +5,7 @@ working whichever lane each of its requests took."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -179,3 +180,34 @@ def test_an_app_slower_than_the_grace_period_gets_504(tmp_path: Path) -> None:
         assert response.headers["x-request-id"]
         assert time.monotonic() - started < 3.5
         assert httpx.post(f"{served.base}/predict", json={"ok": 1}).status_code == 200
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_large_sized_download_to_a_slow_client_arrives_whole(proxied: Served) -> None:
+    # 16 MiB read in small pieces with pauses: the client's socket fills, so the relay (splice
+    # on Linux) must wait for room again and again
+    before = _open_fds()
+    digest, size = hashlib.sha256(), 0
+    with httpx.stream("GET", f"{proxied.base}/download?mb=16&sized=1") as response:
+        assert response.headers["content-length"] == str(16 * 1024 * 1024)
+        for i, chunk in enumerate(response.iter_bytes(chunk_size=256 * 1024)):
+            digest.update(chunk)
+            size += len(chunk)
+            if i % 8 == 0:
+                time.sleep(0.02)
+    assert size == 16 * 1024 * 1024
+    assert digest.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
+    wait_for(lambda: _open_fds() <= before + 2, 5, "the relay's pipe and descriptors to be closed")
+
+
+def test_a_client_leaving_a_large_download_frees_everything(proxied: Served) -> None:
+    before = _open_fds()
+    with httpx.stream("GET", f"{proxied.base}/download?mb=256&sized=1") as response:
+        assert response.status_code == 200
+        next(response.iter_bytes(chunk_size=1024 * 1024))  # 1 MiB of 256, then the client goes
+    wait_for(lambda: proxied.state.gate.active == 0, 10, "the download's slot to be released")
+    wait_for(lambda: _open_fds() <= before + 2, 10, "the relay's pipe and descriptors to be closed")
+    assert httpx.get(f"{proxied.base}/download?mb=2&sized=1").content == b"x" * 2 * 1024 * 1024
