@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from report import replace_marked_section
 from run import _cpu_busy, _cpu_model, _git_commit, _load_average, jsonable
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -574,15 +575,8 @@ def round_table(rounds: list[dict[str, Any]], streams: list[int]) -> str:
 
 def write_docs_section(path: Path, section: str) -> None:
     """Replace the text between the llm markers of `path` (appending them when missing)."""
-    block = f"{DOCS_START}\n{section.strip()}\n{DOCS_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOCS_START in text and DOCS_END in text:
-        head, _, rest = text.partition(DOCS_START)
-        _, _, tail = rest.partition(DOCS_END)
-        text = f"{head}{block}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n## LLM streaming: cortex.vllm vs vLLM's own server\n\n{block}\n"
-    path.write_text(text)
+    heading = "## LLM streaming: cortex.vllm vs vLLM's own server"
+    replace_marked_section(path, DOCS_START, DOCS_END, section, heading=heading)
 
 
 def collect_meta(args: argparse.Namespace) -> dict[str, Any]:

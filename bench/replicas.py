@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from report import replace_marked_section
 from run import _cortex_version, _cpu_busy, _cpu_model, _git_commit, _load_average, jsonable
 from servers import APP_DIR, BENCH_DIR, REPO_DIR, cortex_cli, free_port
 
@@ -368,15 +369,7 @@ def _ratio(row: dict[str, Any], base: dict[str, Any] | None) -> str:
 
 def write_docs_section(path: Path, section: str) -> None:
     """Replace the text between this bench's markers (appending the section when missing)."""
-    block = f"{DOCS_START}\n{section.strip()}\n{DOCS_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOCS_START in text and DOCS_END in text:
-        head, _, rest = text.partition(DOCS_START)
-        _, _, tail = rest.partition(DOCS_END)
-        text = f"{head}{block}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{DOCS_TITLE}\n\n{block}\n"
-    path.write_text(text)
+    replace_marked_section(path, DOCS_START, DOCS_END, section, heading=DOCS_TITLE)
 
 
 def collect_meta(args: argparse.Namespace) -> dict[str, Any]:

@@ -370,13 +370,22 @@ def _one_line(failure: str) -> str:
 
 def write_docs_section(path: Path, section: str) -> None:
     """Replace the generated section of `path` (creating the file or the section if missing)."""
-    block = f"{DOCS_START}\n{section.strip()}\n{DOCS_END}"
-    text = path.read_text() if path.exists() else DOCS_HEADER
-    if DOCS_START in text and DOCS_END in text:
-        head, _, rest = text.partition(DOCS_START)
-        _, _, tail = rest.partition(DOCS_END)
+    replace_marked_section(path, DOCS_START, DOCS_END, section, new_file=DOCS_HEADER)
+
+
+def replace_marked_section(
+    path: Path, start: str, end: str, section: str, heading: str = "", new_file: str = "# Benchmarks\n"
+) -> None:
+    """Put `section` between the markers `start` and `end` of `path`, keeping the rest; when the
+    markers are missing, append them (under `heading`, if given). Every bench's docs use this."""
+    block = f"{start}\n{section.strip()}\n{end}"
+    text = path.read_text() if path.exists() else new_file
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
         text = f"{head}{block}{tail}"
     else:
-        text = f"{text.rstrip()}\n\n{block}\n"
+        title = f"{heading}\n\n" if heading else ""
+        text = f"{text.rstrip()}\n\n{title}{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
