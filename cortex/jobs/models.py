@@ -45,6 +45,13 @@ class WebhookStatus(str, enum.Enum):
     FAILED = "failed"
 
 
+def delivery_status(delivered: bool, next_attempt_at: float | None) -> WebhookStatus:
+    """After an attempt: delivered, pending (another attempt is due), or failed for good."""
+    if delivered:
+        return WebhookStatus.DELIVERED
+    return WebhookStatus.FAILED if next_attempt_at is None else WebhookStatus.PENDING
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """What a caller submitted; everything needed to run it again after a crash."""

@@ -6,10 +6,9 @@ read back equal (a run read back is == to the one returned when it was written).
 
 from __future__ import annotations
 
-import base64
 from urllib.parse import urlsplit, urlunsplit
 
-from cortex.errors import BadRequestError
+from cortex.jobs import paging
 from cortex.jobs.models import Outcome, Run, RunError, RunRequest, RunStatus, WebhookStatus
 
 Fields = dict[bytes, bytes]
@@ -109,20 +108,11 @@ def pairs_to_fields(flat: list[bytes]) -> Fields:
 
 
 def encode_cursor(created_at: float, member: bytes) -> str:
-    position = int(member.split(b":", 1)[0])
-    raw = f"{created_at!r}:{position}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return paging.encode_cursor(created_at, int(member.split(b":", 1)[0]))
 
 
 def decode_cursor(cursor: str) -> tuple[float, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, position = raw.split(":")
-        return float(created_at), int(position)
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise BadRequestError(
-            f"Invalid cursor {cursor!r}: pass the next_cursor of a previous page, or omit it."
-        ) from exc
+    return paging.decode_cursor(cursor)
 
 
 def is_before(score: float, member: bytes, cursor: tuple[float, int]) -> bool:

@@ -53,7 +53,7 @@ from cortex.jobs.models import (
     RunError,
     RunRequest,
     RunStatus,
-    WebhookStatus,
+    delivery_status,
     webhook_payload,
 )
 from cortex.jobs.sqlite_schema import CANCELLED_ERROR
@@ -420,12 +420,7 @@ class RedisJobStore:
         next_attempt_at: float | None,
         error: str | None,
     ) -> None:
-        if delivered:
-            status = WebhookStatus.DELIVERED
-        elif next_attempt_at is not None:
-            status = WebhookStatus.PENDING
-        else:
-            status = WebhookStatus.FAILED
+        status = delivery_status(delivered, next_attempt_at)
         after = "" if next_attempt_at is None else codec.number(next_attempt_at)
         await self._script("RECORD_DELIVERY", delivery_id, str(attempts), status.value, after, error or "")
 

@@ -7,14 +7,14 @@ and deliveries (the sweep excepted): a run of another app is as unknown as one n
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cortex.errors import BadRequestError, IdempotencyConflictError, OverloadedError, StoreError
+from cortex.errors import IdempotencyConflictError, OverloadedError, StoreError
+from cortex.jobs import paging
 from cortex.jobs.models import (
     Delivery,
     Outcome,
@@ -23,6 +23,7 @@ from cortex.jobs.models import (
     RunRequest,
     RunStatus,
     WebhookStatus,
+    delivery_status,
     webhook_payload,
 )
 from cortex.jobs.sqlite_schema import CANCELLED_ERROR, DELIVERIES, EVENTS, RUNS, SELECT_RUN
@@ -296,19 +297,7 @@ def events_after(
 
 
 def _encode_cursor(run: sqlite3.Row) -> str:
-    raw = f"{run['created_at']!r}:{run['position']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, position = raw.split(":")
-        return float(created_at), int(position)
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise BadRequestError(
-            f"Invalid cursor {cursor!r}: pass the next_cursor of a previous page, or omit it."
-        ) from exc
+    return paging.encode_cursor(run["created_at"], run["position"])
 
 
 def list_runs(
@@ -329,7 +318,7 @@ def list_runs(
         params.append(function)
     if cursor is not None:
         where.append("(r.created_at, r.position) < (?, ?)")
-        params.extend(_decode_cursor(cursor))
+        params.extend(paging.decode_cursor(cursor))
     rows = conn.execute(
         f"{SELECT_RUN} WHERE {' AND '.join(where)} ORDER BY r.created_at DESC, r.position DESC LIMIT ?",
         (*params, limit + 1),  # one more than asked says whether a next page exists
@@ -383,12 +372,7 @@ def record_delivery(
     next_attempt_at: float | None,
     error: str | None,
 ) -> None:
-    if delivered:
-        status = WebhookStatus.DELIVERED
-    elif next_attempt_at is not None:
-        status = WebhookStatus.PENDING
-    else:
-        status = WebhookStatus.FAILED
+    status = delivery_status(delivered, next_attempt_at)
     conn.execute(
         f"UPDATE {DELIVERIES} SET attempts = ?, status = ?, last_error = ?,"
         " next_attempt_at = COALESCE(?, next_attempt_at) WHERE delivery_id = ? AND namespace = ?",
