@@ -111,10 +111,15 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
+# The front door's own: uvicorn adds Date and Server to every response it sends, so the app's
+# would be a second copy (two Date headers are invalid).
+_SERVER_SET = frozenset({b"x-request-id", b"date", b"server"})
+
+
 def response_headers(raw: Iterable[tuple[bytes, bytes]], request_id: str) -> Headers:
     headers = [(name.lower(), value) for name, value in raw]
     tokens = _connection_tokens(headers)
-    kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens and n != b"x-request-id"]
+    kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens and n not in _SERVER_SET]
     kept.append((b"x-request-id", request_id.encode()))
     return kept
 

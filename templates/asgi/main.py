@@ -24,7 +24,12 @@ async def ready(request: Request) -> Response:
 
 
 async def predict(request: Request) -> Response:
-    body = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:  # your server answers bad input itself: cortex passes the answer on
+        return JSONResponse({"error": 'send a JSON object, e.g. {"name": "Ada"}'}, status_code=400)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": 'send a JSON object, e.g. {"name": "Ada"}'}, status_code=400)
     return JSONResponse({"message": f"{GREETING}, {body.get('name', 'world')}"})
 
 

@@ -211,3 +211,16 @@ def test_a_client_leaving_a_large_download_frees_everything(proxied: Served) -> 
     wait_for(lambda: proxied.state.gate.active == 0, 10, "the download's slot to be released")
     wait_for(lambda: _open_fds() <= before + 2, 10, "the relay's pipe and descriptors to be closed")
     assert httpx.get(f"{proxied.base}/download?mb=2&sized=1").content == b"x" * 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_proxied_answer_has_one_date_and_one_server_header(proxied: Served, streamed: bool) -> None:
+    def body() -> Iterator[bytes]:
+        yield b"{}"
+
+    content = body() if streamed else b"{}"  # streamed: the ASGI lane
+    response = httpx.post(f"{proxied.base}/anything/x", content=content)
+    assert response.status_code == 200
+    names = [name.lower() for name, _ in response.headers.raw]
+    assert names.count(b"date") == 1 and names.count(b"server") == 1, names
+    assert names.count(b"x-request-id") == 1
