@@ -50,14 +50,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 from report import replace_marked_section
-from run import _cortex_version, _cpu_busy, _cpu_model, _git_commit, _load_average, jsonable
+from run import _cortex_version, _load_average, jsonable, machine_meta
 from servers import LOAD_CPU, REPO_DIR, SERVER_CPU, can_pin, cortex_cli, free_port, pinned
 from wrk_load import LUA_SCRIPT, WrkError, parse_summary, require_wrk, wrk_version
 
@@ -786,14 +785,7 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
     versions.update({"wrk": wrk_version(), "curl": curl_version()})
     pinned_placements = {name: PLACEMENTS[name].description for name in args.placements}
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "versions": versions,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "cpu_busy_at_start": _cpu_busy(),
-        "load_average_at_start": _load_average(),
+        **machine_meta(versions),
         "pinning": "see placements" if can_pin() else "none",
         "placements": pinned_placements if can_pin() else {"shared": "unpinned"},
         "settings": {

@@ -41,13 +41,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 from report import replace_marked_section
-from run import _cortex_version, _cpu_busy, _cpu_model, _git_commit, _load_average, jsonable
+from run import _cortex_version, _load_average, jsonable, machine_meta
 from servers import APP_DIR, BENCH_DIR, REPO_DIR, cortex_cli, free_port
 
 RESULTS_PATH = BENCH_DIR / "results" / "replicas.json"
@@ -382,14 +381,7 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
         "redis-server": next((w.split("=", 1)[1] for w in redis_version if w.startswith("v=")), "?"),
     }
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "versions": versions,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "cpu_busy_at_start": _cpu_busy(),
-        "load_average_at_start": _load_average(),
+        **machine_meta(versions),
         "settings": {
             "rounds": args.rounds,
             "runs": args.runs,

@@ -104,14 +104,8 @@ def runs_on(variant: Variant, scenario: Scenario) -> bool:
     return variant.async_runs or not scenario.is_async
 
 
-def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
-    versions = {"python": platform.python_version(), "cortex": _cortex_version()}
-    versions.update({name: _package_version(name) for name in PACKAGES})
-    if args.only != "sse":
-        versions["wrk"] = wrk_version()
-    with_async = args.only in (None, "async") and any(
-        VARIANTS[v].async_runs for v in args.variants.split(",")
-    )
+def machine_meta(versions: dict[str, str]) -> dict[str, Any]:
+    """What every bench records of the run and the machine, before its own settings."""
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
@@ -121,6 +115,19 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_busy_at_start": _cpu_busy(),
         "load_average_at_start": _load_average(),
+    }
+
+
+def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "cortex": _cortex_version()}
+    versions.update({name: _package_version(name) for name in PACKAGES})
+    if args.only != "sse":
+        versions["wrk"] = wrk_version()
+    with_async = args.only in (None, "async") and any(
+        VARIANTS[v].async_runs for v in args.variants.split(",")
+    )
+    return {
+        **machine_meta(versions),
         "pinning": f"server CPU {SERVER_CPU}, load CPU {LOAD_CPU}" if can_pin() else "none",
         "settings": {
             "rounds": args.rounds,

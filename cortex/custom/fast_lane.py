@@ -26,7 +26,7 @@ from cortex.auth import Denial
 from cortex.custom import splice
 from cortex.custom.proxy import FRAMING, Upstream, request_head, request_headers, response_headers
 from cortex.custom.routes import PROXIED_LABEL, gateway_error
-from cortex.custom.upstream_client import UpstreamError, UpstreamResponse, read_all
+from cortex.custom.upstream_client import NO_BODY_STATUSES, UpstreamError, UpstreamResponse, read_all
 from cortex.errors import RequestError
 from cortex.logs import current_run_id, log_call
 from cortex.metrics import NO_RESPONSE
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 # Larger bodies stream through the ASGI path, which forwards them chunk by chunk under flow control.
 DIRECT_BODY_BYTES = 1024 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
 # A body of known, small size: worth holding the head back until it has arrived (apps often write
 # head and body separately; one write to the client instead of two saves a system call).
 SMALL_BODY_BYTES = 64 * 1024
@@ -193,12 +192,10 @@ class ProxiedExchange:
         try:
             self.status = response.status
             headers = response_headers(response.headers, self.run_id)
-            chunked = self.status not in _NO_BODY_STATUSES and not any(
-                name == b"content-length" for name, _ in headers
-            )
+            length = _content_length(headers)  # httptools has checked it is a number
+            chunked = length is None and self.status not in NO_BODY_STATUSES
             head = self._response_head(headers, chunked)
             transport = self.connection.transport
-            length = _content_length(headers)
             if response.complete or (length is not None and length <= SMALL_BODY_BYTES):
                 # the usual answer: all of it in one write
                 body = await read_all(response, release=False)

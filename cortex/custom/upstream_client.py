@@ -27,7 +27,7 @@ IDLE_SECONDS = 2.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_IDLE_CONNECTIONS = 256
 # Statuses that never have a body (RFC 9112 6.3).
-_NO_BODY_STATUSES = frozenset({204, 304})
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class UpstreamError(Exception):
@@ -148,7 +148,7 @@ class UpstreamResponse(asyncio.Protocol):
                 length = value
             elif lowered == b"transfer-encoding":
                 chunked = value
-        no_body = status in _NO_BODY_STATUSES or self.skip_body
+        no_body = status in NO_BODY_STATUSES or self.skip_body
         self._until_eof = length is None and chunked is None and not no_body
         if length is not None and chunked is None and not no_body and length.isdigit():
             self._raw_left = int(length)  # counted down by on_body, then by _take_raw
@@ -264,6 +264,10 @@ class UpstreamResponse(asyncio.Protocol):
         else:
             self.abort()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def abort(self) -> None:
         self._cancel_timer()
         self._closed = True
@@ -370,7 +374,7 @@ class UpstreamPool:
         now = self.loop.time()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_SECONDS and not connection._closed:
+            if now - connection.idle_since < IDLE_SECONDS and not connection.closed:
                 return connection
             connection.abort()
         return await self._connect()
